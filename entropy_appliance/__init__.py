@@ -1,0 +1,3 @@
+"""entropy-appliance: a network entropy appliance on Twisted."""
+
+__version__ = "0.1.0"

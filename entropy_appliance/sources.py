@@ -1,0 +1,220 @@
+"""
+Entropy sources: the kernel CSPRNG, character devices, and auto-detection.
+
+A source is a blocking reader of raw 8-bit samples.  Its ``read`` may block
+(it is called from a thread pool, never the reactor thread) and raises
+:class:`SourceError` for every condition that makes the source unusable:
+end of file, EAGAIN, EIO, a device that disappears.
+
+Each kind claims a default min-entropy per 8-bit sample, used by the health
+tests.  These are deliberately honest rather than flattering:
+
+- ``kernel`` (getrandom): 8.0.  The kernel's output is already a conditioned
+  CSPRNG; the health tests then only catch gross failures.
+- ``quantis`` (/dev/qrandomN): 7.0.  The card's output is post-processed; we
+  leave a margin below full entropy.
+- ``hwrng`` (/dev/hwrng): 1.0.  Drivers behind hwrng range from conditioned
+  to raw noise; with no model of the device, claim little.
+- ``chaoskey`` (/dev/chaoskeyN): 1.0, for the same reason (raw noise mode).
+- ``device`` (any other path): 1.0.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+import stat
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = [
+    "SourceError",
+    "Source",
+    "KernelSource",
+    "DeviceSource",
+    "SourceSpec",
+    "parse_source",
+    "detect",
+    "open_source",
+    "DEFAULT_MIN_ENTROPY",
+]
+
+DEFAULT_MIN_ENTROPY: dict[str, float] = {
+    "kernel": 8.0,
+    "quantis": 7.0,
+    "hwrng": 1.0,
+    "chaoskey": 1.0,
+    "device": 1.0,
+}
+
+
+class SourceError(Exception):
+    """The source cannot deliver samples now (EOF, EAGAIN, EIO, gone)."""
+
+
+class Source(Protocol):
+    """A blocking reader of raw 8-bit samples."""
+
+    name: str
+    kind: str
+
+    def read(self, n: int) -> bytes:
+        """Read exactly ``n`` raw bytes, or raise SourceError."""
+        ...
+
+    def close(self) -> None:
+        """Release the source."""
+        ...
+
+
+class KernelSource:
+    """The kernel CSPRNG through getrandom(2)."""
+
+    name = "kernel"
+    kind = "kernel"
+
+    def read(self, n: int) -> bytes:
+        """Read ``n`` bytes from getrandom."""
+        try:
+            return os.getrandom(n)
+        except OSError as e:  # pragma: no cover - only on a broken kernel
+            raise SourceError(f"getrandom failed: {e.strerror}") from e
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class DeviceSource:
+    """
+    A character device, FIFO or file, read with plain blocking reads.
+
+    The file is opened lazily and reopened after an error, so a device that
+    comes back (a re-plugged ChaosKey) is picked up by the next retry.
+    """
+
+    def __init__(self, path: str, kind: str = "device") -> None:
+        self.path = path
+        self.name = path
+        self.kind = kind
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise SourceError(f"cannot open {self.path}: {e.strerror}") from e
+        return self._fd
+
+    def read(self, n: int) -> bytes:
+        """Read exactly ``n`` bytes; a short read at EOF is an error."""
+        fd = self._open()
+        parts: list[bytes] = []
+        want = n
+        while want:
+            try:
+                chunk = os.read(fd, want)
+            except OSError as e:
+                self.close()
+                name = errno.errorcode.get(e.errno or 0, "error")
+                raise SourceError(f"{name} reading {self.path}: {e.strerror}") from e
+            if not chunk:
+                self.close()
+                raise SourceError(f"end of file on {self.path}")
+            parts.append(chunk)
+            want -= len(chunk)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Close the file descriptor if open."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A parsed ``--source`` value: a kind and, for devices, a path."""
+
+    kind: str
+    path: str | None = None
+
+    @property
+    def name(self) -> str:
+        """What the logs and status call this source."""
+        return self.path or self.kind
+
+
+def _kind_of_path(path: str) -> str:
+    base = os.path.basename(path)
+    if base.startswith("qrandom"):
+        return "quantis"
+    if base == "hwrng":
+        return "hwrng"
+    if base.startswith("chaoskey"):
+        return "chaoskey"
+    return "device"
+
+
+def parse_source(spec: str) -> SourceSpec:
+    """
+    Parse ``auto``, ``kernel`` or ``device:PATH``; raise ValueError with a
+    sentence a person can act on.  ``auto`` is resolved by :func:`detect`.
+    """
+    if spec in ("auto", "kernel"):
+        return SourceSpec(spec)
+    if spec.startswith("device:"):
+        path = spec[len("device:"):]
+        if not path:
+            raise ValueError("device: needs a path, e.g. device:/dev/hwrng")
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as e:
+            raise ValueError(f"cannot use {path}: {e.strerror}") from None
+        if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
+            raise ValueError(f"{path} is not a character device, FIFO or file")
+        if not os.access(path, os.R_OK):
+            raise ValueError(f"{path} is not readable by this user")
+        return SourceSpec(_kind_of_path(path), path)
+    raise ValueError(
+        f"unknown source {spec!r}: use auto, kernel or device:PATH "
+        "(e.g. device:/dev/qrandom0, device:/dev/hwrng)"
+    )
+
+
+def detect(root: str = "/") -> SourceSpec:
+    """
+    Probe for a hardware source, in order: Quantis (/dev/qrandom*), the
+    kernel hw_random device when it has a current driver, ChaosKey
+    (/dev/chaoskey*); fall back to the kernel CSPRNG.
+    """
+    dev = os.path.join(root, "dev")
+    for path in sorted(glob.glob(os.path.join(dev, "qrandom*"))):
+        if os.access(path, os.R_OK):
+            return SourceSpec("quantis", path)
+    hwrng = os.path.join(dev, "hwrng")
+    current = os.path.join(root, "sys/class/misc/hw_random/rng_current")
+    try:
+        with open(current, encoding="ascii") as f:
+            driver = f.read().strip()
+    except OSError:
+        driver = "none"
+    if driver and driver != "none" and os.access(hwrng, os.R_OK):
+        return SourceSpec("hwrng", hwrng)
+    for path in sorted(glob.glob(os.path.join(dev, "chaoskey*"))):
+        if os.access(path, os.R_OK):
+            return SourceSpec("chaoskey", path)
+    return SourceSpec("kernel")
+
+
+def open_source(spec: SourceSpec) -> Source:
+    """Make the reader for a resolved spec."""
+    if spec.kind == "kernel":
+        return KernelSource()
+    if spec.path is None or spec.kind == "auto":
+        raise ValueError("resolve 'auto' with detect() first")
+    return DeviceSource(spec.path, spec.kind)

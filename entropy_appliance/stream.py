@@ -1,0 +1,102 @@
+"""
+The raw TCP byte stream: connect, and read random bytes until you hang up.
+
+Each connection registers a pull producer on its own transport, so DRBG
+output is generated only as fast as the socket drains: a slow reader never
+makes the process buffer more than one chunk.  When the pool fails closed the
+connection is closed without another byte.  What the client sends is
+discarded, and a client that keeps sending is disconnected.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IAddress, IPullProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from entropy_appliance.pool import FailClosed, SeedPool
+
+__all__ = ["StreamProtocol", "StreamFactory", "CHUNK_SIZE", "MAX_CLIENT_INPUT"]
+
+#: Bytes generated per resumeProducing: large enough to amortise the
+#: per-call overhead, small enough that a slow reader holds little memory.
+CHUNK_SIZE = 256 * 1024
+
+#: A client has nothing to say; past this many bytes it is disconnected.
+MAX_CLIENT_INPUT = 64 * 1024
+
+
+@implementer(IPullProducer)
+class StreamProtocol(Protocol):
+    """One raw-stream connection: a pull producer on its transport."""
+
+    log = Logger()
+
+    def __init__(self, pool: SeedPool, chunk_size: int = CHUNK_SIZE) -> None:
+        self._pool = pool
+        self._chunk_size = chunk_size
+        self._done = False
+        self._received = 0
+        self.sent = 0
+
+    def connectionMade(self) -> None:
+        """Start producing as soon as the client connects."""
+        assert self.transport is not None
+        self.transport.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        """Write one chunk of DRBG output, or close if the pool fails closed."""
+        if self._done:
+            return
+        assert self.transport is not None
+        try:
+            data = self._pool.random_bytes(self._chunk_size, surface="stream")
+        except FailClosed as e:
+            self.log.warn("closing raw stream: {reason}", reason=e.reason)
+            self._finish()
+            return
+        self.sent += len(data)
+        self.transport.write(data)
+
+    def pauseProducing(self) -> None:
+        """Pull producers are never paused; part of the interface only."""
+
+    def stopProducing(self) -> None:
+        """The transport is going away: produce nothing more."""
+        self._done = True
+
+    def _finish(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        assert self.transport is not None
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        """Discard input; a client that keeps talking is cut off."""
+        self._received += len(data)
+        if self._received > MAX_CLIENT_INPUT and not self._done:
+            self._finish()
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
+        """Stop producing for good."""
+        self._done = True
+
+
+class StreamFactory(Factory):
+    """Builds a :class:`StreamProtocol` for each connection."""
+
+    noisy = False
+
+    def __init__(self, pool: SeedPool, chunk_size: int = CHUNK_SIZE) -> None:
+        self.pool = pool
+        self.chunk_size = chunk_size
+
+    def buildProtocol(self, addr: IAddress) -> StreamProtocol:
+        """A new stream for ``addr``."""
+        p = StreamProtocol(self.pool, self.chunk_size)
+        p.factory = self
+        return p

@@ -1,0 +1,44 @@
+"""Packaging for entropy-appliance."""
+
+from setuptools import setup
+
+setup(
+    name="entropy-appliance",
+    version="0.1.0",
+    description="A network entropy appliance: health-tested source, CTR_DRBG, HTTP/TLS/h2, raw TCP, onion.",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    python_requires=">=3.11",
+    packages=["entropy_appliance", "entropy_appliance.web", "twisted.plugins"],
+    package_data={
+        "twisted": ["plugins/entropy_plugin.py"],
+        "entropy_appliance.web": ["static/*"],
+    },
+    include_package_data=True,
+    install_requires=[
+        "twisted[tls,http2]>=24.3",
+        "pyopenssl>=24.0",
+        "service-identity>=24.1",
+        "klein>=24.8",
+        "txtorcon>=24.8",
+        "cryptography>=42",
+        "prometheus_client>=0.20",
+        "pillow>=10",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6.100",
+            "treq>=24.9",
+            "ruff>=0.6",
+            "mypy>=1.11",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "entropy-fetch = entropy_appliance.client:main",
+        ],
+    },
+    zip_safe=False,
+)
