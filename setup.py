@@ -33,6 +33,8 @@ setup(
             "treq>=24.9",
             "ruff>=0.6",
             "mypy>=1.11",
+            "mypy-zope>=1.0",
+            "playwright>=1.45",
         ],
     },
     entry_points={

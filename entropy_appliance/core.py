@@ -8,6 +8,8 @@ closed on time), and stops the reader last, after every listener.
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.application.service import Service
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -75,6 +77,6 @@ def build_core(
     health = HealthTests(min_entropy, alpha=alpha)
     pool = SeedPool(reactor, health, policy, source_name=source.name, source_kind=source.kind)
     assert IReactorThreads.providedBy(reactor), "the core needs a reactor with threads"
-    reader = ReaderThread(reactor)  # type: ignore[arg-type]
+    reader = ReaderThread(cast(IReactorThreads, reactor))
     producer = SourceProducer(source, pool, reader, reactor)
     return CoreService(pool, producer, reactor, reader=reader, detected=detected)

@@ -33,9 +33,9 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from twisted.internet.interfaces import IConsumer, IPullProducer
+from twisted.internet.interfaces import IConsumer, IProducer, IPullProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -172,13 +172,13 @@ class SeedPool:
 
     # -- IConsumer: the producer side ---------------------------------------
 
-    def registerProducer(self, producer: IPullProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
         """Attach the source reader; only pull producers are accepted."""
-        if streaming:
+        if streaming or not IPullProducer.providedBy(producer):
             raise ValueError("the seed pool takes a pull producer")
         if self._producer is not None:
             raise RuntimeError("a producer is already registered")
-        self._producer = producer
+        self._producer = cast(IPullProducer, producer)
         self._pull()
 
     def unregisterProducer(self) -> None:
@@ -232,6 +232,8 @@ class SeedPool:
         """The producer reports that the source cannot be read."""
         self._pulling = False
         self.counters.source_errors += 1
+        # A device that fails may have been failing quietly before.
+        self._buffer.clear()
         if self._source_state != "failed":
             self.log.error("entropy source {name} failed: {reason}",
                            name=self.source_name, reason=reason)
@@ -272,7 +274,6 @@ class SeedPool:
             return None
         out = bytes(self._buffer[:n])
         del self._buffer[:n]
-        self._pull()
         return out
 
     def _personalization(self) -> bytes:
@@ -307,6 +308,7 @@ class SeedPool:
             self.log.info("serving random bytes (was: {why})", why=self._closed_reason)
         self._closed_reason = None
         self._health_backoff = 1.0
+        self._pull()
         return True
 
     def _reseed_due(self, now: float) -> bool:

@@ -159,9 +159,9 @@ class SourceProducer:
         if not failure.check(SourceError):
             self.log.failure("unexpected error reading the entropy source", failure)
         self.errors += 1
-        if not self._failed:
-            self._failed = True
-            self._consumer.source_failed(str(failure.value))
+        self._failed = True
+        # The consumer counts every error and logs only the first.
+        self._consumer.source_failed(str(failure.value))
         delay = self._backoff
         self._backoff = min(self._backoff * 2, self._max_backoff)
         self._retry = self._clock.callLater(delay, self._try_again)

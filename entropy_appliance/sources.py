@@ -102,9 +102,13 @@ class DeviceSource:
     def _open(self) -> int:
         if self._fd is None:
             try:
-                self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                # O_NONBLOCK only for the open: a FIFO with no writer must
+                # give EOF (and a retry), not hang the reader thread.
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError as e:
                 raise SourceError(f"cannot open {self.path}: {e.strerror}") from e
+            os.set_blocking(fd, True)
+            self._fd = fd
         return self._fd
 
     def read(self, n: int) -> bytes:

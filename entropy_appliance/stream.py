@@ -10,7 +10,9 @@ discarded, and a client that keeps sending is disconnected.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IAddress, IPullProducer
+from typing import cast
+
+from twisted.internet.interfaces import IAddress, IConsumer, IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,8 +45,7 @@ class StreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """Start producing as soon as the client connects."""
-        assert self.transport is not None
-        self.transport.registerProducer(self, False)
+        cast(IConsumer, self.transport).registerProducer(self, False)
 
     def resumeProducing(self) -> None:
         """Write one chunk of DRBG output, or close if the pool fails closed."""
@@ -72,7 +73,7 @@ class StreamProtocol(Protocol):
             return
         self._done = True
         assert self.transport is not None
-        self.transport.unregisterProducer()
+        cast(IConsumer, self.transport).unregisterProducer()
         self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
@@ -95,7 +96,7 @@ class StreamFactory(Factory):
         self.pool = pool
         self.chunk_size = chunk_size
 
-    def buildProtocol(self, addr: IAddress) -> StreamProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> StreamProtocol:
         """A new stream for ``addr``."""
         p = StreamProtocol(self.pool, self.chunk_size)
         p.factory = self

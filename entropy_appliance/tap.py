@@ -11,7 +11,8 @@ closes the listeners first and the entropy pipeline last.
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService
@@ -19,6 +20,9 @@ from twisted.python import usage
 
 from entropy_appliance.pool import ReseedPolicy
 from entropy_appliance.sources import DEFAULT_MIN_ENTROPY, SourceSpec, detect, open_source, parse_source
+
+if TYPE_CHECKING:
+    from entropy_appliance.onion import OnionService
 
 __all__ = ["Options", "makeService"]
 
@@ -72,21 +76,65 @@ class Options(usage.Options):
          "kernel 8, quantis 7, hwrng/chaoskey/device 1)."],
         ["health-alpha", None, "2**-30",
          "False-positive rate of each health test, as a number or 2**-N."],
+        ["tls-key", None, "certs/server.key",
+         "TLS private key (PEM) for ssl: endpoints that name none; the default pair is "
+         "generated (self-signed) on first run."],
+        ["tls-cert", None, "certs/server.pem", "TLS certificate chain (PEM) to go with --tls-key."],
+        ["max-bytes", None, "1G", "Largest /v1/random?bytes=N answered (K/M/G suffixes)."],
+        ["onion-ports", None, "80:http,9000:stream",
+         "With --onion: VIRTUAL:TARGET pairs, comma-separated; targets are http and stream."],
+        ["tor-control", None, None,
+         "With --onion: use the running tor at this control endpoint (unix:/run/tor/control, "
+         "tcp:127.0.0.1:9051) instead of launching one."],
+        ["tor-password-file", None, None,
+         "With --tor-control: file holding the control port password (when cookie auth is off)."],
+        ["onion-key", None, "certs/onion_ed25519.key",
+         "With --onion: the service's ED25519-V3 key (tor's format; created mode 0600 if missing). "
+         "It IS the address: back it up."],
+        ["onion-client-auth", None, None,
+         "With --onion: directory of v3 client-authorization *.auth public keys; only those "
+         "clients can reach the service."],
+        ["tor-binary", None, None,
+         "With --onion and no --tor-control: the tor to launch (default: tor on PATH)."],
+        ["tor-data-dir", None, None,
+         "With a launched tor: its data directory (default: a temporary one, removed on exit)."],
+        ["tor-config", None, None,
+         "With a launched tor: a torrc file included after our own lines (bridges, proxies, ...)."],
+    ]
+
+    optFlags: list[list[Any]] = [
+        ["no-h2", None, "Offer only http/1.1 by ALPN on the HTTPS endpoints (no HTTP/2)."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["stream"] = []
+        self["http"] = []
+        self["https"] = []
+
+    def opt_onion(self) -> None:
+        """Publish the site and the raw stream as a Tor v3 onion service."""
+        self["onion"] = True
 
     def opt_stream(self, endpoint: str) -> None:
         """Raw TCP byte stream endpoint (repeatable; default tcp:9000; 'none' disables)."""
         self["stream"].append(endpoint)
+
+    def opt_http(self, endpoint: str) -> None:
+        """Plain HTTP endpoint (repeatable; default tcp:8080; 'none' disables)."""
+        self["http"].append(endpoint)
+
+    def opt_https(self, endpoint: str) -> None:
+        """HTTPS endpoint ssl:PORT[:interface=..] (repeatable; default ssl:8443; 'none' disables)."""
+        self["https"].append(endpoint)
 
     def postOptions(self) -> None:
         """Validate every option; resolve the source."""
         self["stream"] = self._endpoints("stream", self["stream"], ["tcp:9000"])
         self._source()
         self._reseed()
+        self._web()
+        self._onion()
 
     def _endpoints(self, name: str, given: list[str], default: list[str]) -> list[str]:
         values = given or default
@@ -154,6 +202,143 @@ class Options(usage.Options):
         self["policy"] = ReseedPolicy(interval=interval, max_bytes=max_bytes, bits=bits)
         self["alpha"] = alpha
 
+    def _web(self) -> None:
+        """Validate the web endpoints and --max-bytes; load (or generate) the TLS material."""
+        from entropy_appliance import tls
+
+        self["http"] = self._endpoints("http", self["http"], ["tcp:8080"])
+        https = self["https"] or ["ssl:8443"]
+        if "none" in https and len(https) > 1:
+            raise usage.UsageError("--https none cannot be combined with other endpoints")
+        specs = []
+        for description in [] if https == ["none"] else https:
+            try:
+                specs.append(tls.parse_ssl_endpoint(description))
+            except ValueError as e:
+                raise usage.UsageError(
+                    f"--https {description!r}: {e}; use e.g. ssl:8443, "
+                    "ssl:8443:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=cert.pem, or none"
+                ) from None
+        self["https"] = https if specs else []
+        try:
+            self["https_listen"] = tls.resolve_https(specs, self["tls-key"], self["tls-cert"])
+        except tls.TLSConfigError as e:
+            raise usage.UsageError(f"HTTPS: {e}") from None
+        try:
+            self["max-bytes"] = _parse_size(str(self["max-bytes"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--max-bytes: {e}") from None
+        if not 1 <= self["max-bytes"] <= 2 ** 40:
+            raise usage.UsageError("--max-bytes: must be between 1 and 1T")
+
+    def _onion(self) -> None:
+        """Validate the onion options; the key is read (not yet created) here."""
+        import shutil
+
+        from entropy_appliance.onion import OnionKeyError, load_client_auth, load_key, parse_ports
+
+        self.setdefault("onion", False)
+        if not self["onion"]:
+            return
+        try:
+            self["onion-ports"] = parse_ports(self["onion-ports"])
+        except ValueError as e:
+            raise usage.UsageError(f"--onion-ports: {e}") from None
+        key = self["onion-key"]
+        if os.path.lexists(key):
+            try:
+                load_key(key)
+            except OnionKeyError as e:
+                raise usage.UsageError(f"--onion-key: {e}") from None
+        self["onion-client-auth"] = (
+            [] if self["onion-client-auth"] is None else self._client_auth(load_client_auth))
+        if self["tor-control"] is not None:
+            from twisted.internet import reactor
+            from twisted.internet.endpoints import clientFromString
+
+            try:
+                clientFromString(reactor, self["tor-control"])
+            except Exception as e:  # the parsers raise a variety of types
+                raise usage.UsageError(
+                    f"--tor-control {self['tor-control']!r} is not a client endpoint ({e}); "
+                    "use e.g. unix:/run/tor/control or tcp:127.0.0.1:9051") from None
+            if self["tor-password-file"] is not None:
+                try:
+                    with open(self["tor-password-file"], encoding="utf-8") as f:
+                        self["tor-password"] = f.readline().strip()
+                except OSError as e:
+                    raise usage.UsageError(f"--tor-password-file: {e}") from None
+            return
+        binary = self["tor-binary"] or shutil.which("tor")
+        if binary is None or not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+            raise usage.UsageError(
+                f"--onion needs tor: {self['tor-binary'] or 'no tor on PATH'} is not an executable. "
+                "Install it (apt install tor), pass --tor-binary PATH, or use a running tor "
+                "with --tor-control unix:/run/tor/control")
+        self["tor-binary"] = binary
+        for name in ("tor-data-dir", "tor-config"):
+            value = self[name]
+            if value is not None and any(c.isspace() for c in value):
+                raise usage.UsageError(f"--{name} {value!r}: tor cannot take a path with spaces here")
+        if self["tor-config"] is not None and not os.path.isfile(self["tor-config"]):
+            raise usage.UsageError(f"--tor-config {self['tor-config']!r} is not a file")
+
+    def _client_auth(self, load: Any) -> list[str]:
+        try:
+            return list(load(self["onion-client-auth"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--onion-client-auth: {e}") from None
+
+
+def _onion_service(options: Options, reactor: Any, targets: dict[str, Any]) -> OnionService:
+    """The onion service from validated options (creating the key on first run)."""
+    from twisted.internet.endpoints import clientFromString
+
+    from entropy_appliance.onion import LaunchedTor, OnionService, SharedTor, TorConnector, load_or_create_key
+
+    key, created = load_or_create_key(options["onion-key"])
+    if created:
+        from twisted.logger import Logger
+
+        Logger().warn("created a new onion key {path} for {address}; back it up: it is the address",
+                      path=options["onion-key"], address=key.address)
+    connector: TorConnector
+    if options["tor-control"] is not None:
+        password = options.get("tor-password")
+        connector = SharedTor(clientFromString(reactor, options["tor-control"]), options["tor-control"],
+                              password=(lambda: password) if password else None)
+    else:
+        connector = LaunchedTor(reactor, options["tor-binary"], data_dir=options["tor-data-dir"],
+                                extra_config=options["tor-config"])
+    return OnionService(reactor, connector, key, options["onion-ports"], targets,
+                        client_auth=options["onion-client-auth"])
+
+
+def _web_service(options: Options, reactor: Any, pool: Any, top: MultiService,
+                 status_extras: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """Serve ONE Site on every --http and --https endpoint; return (web app, site)."""
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.logger import Logger
+
+    from entropy_appliance import tls
+    from entropy_appliance.web import EntropyWeb
+
+    log = Logger()
+    web = EntropyWeb(pool, reactor, listeners=options["http"] + options["https"],
+                     max_bytes=options["max-bytes"], status_extras=status_extras)
+    site = web.site(h2=not options["no-h2"])
+    for endpoint in options["http"]:
+        strports.service(endpoint, site).setServiceParent(top)
+    for spec, material, generated in options["https_listen"]:
+        if generated:
+            log.warn("generated a self-signed TLS certificate {cert} (key {key}, mode 0600)",
+                     cert=material.cert_path, key=material.key_path)
+        log.info("HTTPS on port {port}: certificate {cert} SHA-256 fingerprint {fp}",
+                 port=spec.port, cert=material.cert_path, fp=tls.fingerprint(material.certificate))
+        factory = tls.context_factory(material, h2=not options["no-h2"])
+        StreamServerEndpointService(tls.ssl_endpoint(reactor, spec, factory), site).setServiceParent(top)
+    return web, site
+
 
 def makeService(options: Options) -> IService:
     """Build the service tree from validated options."""
@@ -178,5 +363,22 @@ def makeService(options: Options) -> IService:
     stream_factory = StreamFactory(pool)
     for endpoint in options["stream"]:
         strports.service(endpoint, stream_factory).setServiceParent(top)
+
+    # The onion service is built before the web app (whose /v1/status shows
+    # it) and is given the Site afterwards; it reads its targets on start.
+    onion_targets: dict[str, Any] = {"stream": stream_factory}
+    onion = _onion_service(options, reactor, onion_targets) if options["onion"] else None
+    web, site = _web_service(options, reactor, pool, top,
+                             status_extras={"onion": onion.status} if onion is not None else None)
+    if onion is not None:
+        onion_targets["http"] = site
+        # Added last, so stopped first: DEL_ONION while the listeners still serve.
+        onion.setServiceParent(top)
+
+    # Keep this the last child: it starts after every listener listens
+    # (READY=1) and stops first (STOPPING=1).  Without $NOTIFY_SOCKET it is silent.
+    from entropy_appliance.systemd import NotifyService
+
+    NotifyService(pool.status, reactor).setServiceParent(top)
 
     return top

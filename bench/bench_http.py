@@ -1,0 +1,200 @@
+"""
+Benchmark: the HTTP surface under wrk, against Debian's pollen server in the same run.
+
+Run as root from the repo root::
+
+    .venv/bin/python bench/bench_http.py [--seconds 5] [--connections 32] [--profile]
+
+The script re-runs itself inside a private network namespace and mount
+namespace (``unshare -n -m``): only loopback exists there (pollen binds all
+interfaces and has no bind option), and a private tmpfs on /run carries a
+syslog socket at /run/log, which pollen's syslog client finds when /dev/log
+is absent.  Inside it starts pollen and the appliance (``twist entropy``,
+one process, kernel source) and runs wrk against both:
+
+- pollinate-style ``POST /`` (``challenge=<128 hex>``), pollen and appliance,
+  over http, with the ratio appliance/pollen;
+- keep-alive ``GET /v1/random?bytes=64`` req/s, http and https;
+- ``GET /v1/random?bytes=1048576`` MB/s, http and https.
+
+``--profile`` runs the appliance under cProfile during the POST run and
+prints the top functions.  Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pstats
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+UNITS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+
+
+PROFILED_TWIST = """
+import cProfile, sys
+from twisted.application.twist import _twist
+from twisted.application.twist._twist import Twist
+_twist._exitWithSignal = lambda sig: None  # return normally so the profile is written
+out = sys.argv[1]
+prof = cProfile.Profile()
+prof.enable()
+try:
+    Twist.main(["twist"] + sys.argv[2:])
+finally:
+    prof.disable()
+    prof.dump_stats(out)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> tuple[float, float]:
+    """Run wrk; return (requests/s, bytes/s)."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    tps = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if rps is None or tps is None:
+        raise RuntimeError(f"wrk output not understood:\n{out}")
+    if errors:
+        print(f"  WARNING: {errors.group(1)} non-2xx responses from {url}")
+    return float(rps.group(1)), float(tps.group(1)) * UNITS[tps.group(2).upper()]
+
+
+def syslog_sink(path: str) -> None:
+    """A datagram socket at ``path`` that swallows syslog lines."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+
+    def drain() -> None:
+        while True:
+            s.recv(65536)
+
+    threading.Thread(target=drain, daemon=True).start()
+
+
+def inner(args: argparse.Namespace) -> None:
+    from entropy_appliance.tls import generate_self_signed
+
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)
+    syslog_sink("/run/log")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_http."))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        generate_self_signed(str(tmp / "pollen.key"), str(tmp / "pollen.pem"))
+        p_http, p_https = free_port(), free_port()
+        procs.append(subprocess.Popen(
+            ["pollen", "-http-port", str(p_http), "-https-port", str(p_https), "-device", "/dev/urandom",
+             "-cert", str(tmp / "pollen.pem"), "-key", str(tmp / "pollen.key")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        a_http, a_https = free_port(), free_port()
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        argv = [sys.executable]
+        if args.profile:
+            # twist exits through its SIGTERM handler; dump the profile on the way out.
+            argv += ["-c", PROFILED_TWIST, str(tmp / "profile.out")]
+        else:
+            argv += ["-m", "twisted"]
+        argv += ["--log-format=text", "--log-level=warn", "entropy", "--source",
+                 "kernel", "--stream", "none", "--http", f"tcp:{a_http}:interface=127.0.0.1",
+                 "--https", f"ssl:{a_https}:interface=127.0.0.1"]
+        app = subprocess.Popen(argv, cwd=tmp, env=env, stdout=open(tmp / "app.log", "wb"),
+                               stderr=subprocess.STDOUT)
+        procs.append(app)
+        for port in (p_http, a_http, a_https):
+            wait_port(port)
+        time.sleep(1.0)
+
+        challenge = hashlib.sha512(os.urandom(64)).hexdigest()
+        post = tmp / "post.lua"
+        post.write_text(
+            'wrk.method = "POST"\n'
+            f'wrk.body = "challenge={challenge}"\n'
+            'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n')
+        s, c = args.seconds, args.connections
+        print(f"wrk -t1 -c{c} -d{s}s; appliance: one process; host CPUs: {os.cpu_count()}")
+        pollen_rps, _ = wrk(f"http://127.0.0.1:{p_http}/", s, c, post)
+        app_rps, _ = wrk(f"http://127.0.0.1:{a_http}/", s, c, post)
+        print(f"POST / pollinate-style   pollen {pollen_rps:10.0f} req/s   appliance {app_rps:10.0f} req/s"
+              f"   ratio {app_rps / pollen_rps:.2f}  (target >= 0.5, goal 1.5)")
+        if args.profile:
+            app.terminate()
+            app.wait(30)
+            stats = pstats.Stats(str(tmp / "profile.out"))
+            stats.sort_stats("tottime").print_stats(25)
+            stats.sort_stats("cumulative").print_stats(40)
+            return
+        pollen_tls, _ = wrk(f"https://127.0.0.1:{p_https}/", s, c, post)
+        app_tls, _ = wrk(f"https://127.0.0.1:{a_https}/", s, c, post)
+        print(f"POST / over https        pollen {pollen_tls:10.0f} req/s   appliance {app_tls:10.0f} req/s"
+              f"   ratio {app_tls / pollen_tls:.2f}")
+        for scheme, port in (("http", a_http), ("https", a_https)):
+            rps, _ = wrk(f"{scheme}://127.0.0.1:{port}/v1/random?bytes=64", s, c)
+            print(f"GET bytes=64 {scheme:5}       appliance {rps:10.0f} req/s")
+        for scheme, port in (("http", a_http), ("https", a_https)):
+            rps, bps = wrk(f"{scheme}://127.0.0.1:{port}/v1/random?bytes=1048576", s, min(c, 8))
+            print(f"GET bytes=1MiB {scheme:5}     appliance {bps / 1e6:10.0f} MB/s ({rps:.0f} req/s)"
+                  + ("  (target >= 1000 MB/s)" if scheme == "http" else ""))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--profile", action="store_true", help="profile the appliance in the POST run")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.inner:
+        inner(args)
+        return
+    for tool in ("wrk", "pollen", "unshare", "ip"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (apt install wrk pollen util-linux iproute2)")
+    argv = ["unshare", "-n", "-m", sys.executable, __file__, "--inner", "--seconds", str(args.seconds),
+            "--connections", str(args.connections)] + (["--profile"] if args.profile else [])
+    sys.exit(subprocess.run(argv).returncode)
+
+
+if __name__ == "__main__":
+    main()

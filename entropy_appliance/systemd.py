@@ -1,0 +1,145 @@
+"""
+systemd readiness and status: ``READY=1``, ``STOPPING=1`` and ``STATUS=``.
+
+The notification protocol is one datagram on the unix socket named by
+``$NOTIFY_SOCKET``: a path, or an abstract name written with a leading
+``@``.  We write it here because it is a few lines.  The alternatives are
+``python-systemd``, a C binding that needs libsystemd headers to build, and
+small pure-Python packages that do exactly this.  Neither is worth a new
+dependency.  Without ``$NOTIFY_SOCKET`` (not under systemd) every call does
+nothing.
+
+:class:`NotifyService` must be the *last* child of the top-level
+``MultiService``.  Children start in order, and ``strports`` services on
+``tcp:``/``ssl:``/``systemd:`` endpoints listen synchronously in
+``startService``, so READY=1 goes out only once every listener is
+listening.  Children stop in reverse order, so STOPPING=1 goes out first,
+before the listeners close.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+__all__ = ["NotifyService", "sd_notify", "status_line", "STATUS_INTERVAL"]
+
+#: Seconds between STATUS= updates.
+STATUS_INTERVAL = 10.0
+
+_log = Logger()
+
+
+def sd_notify(message: str, environ: Mapping[str, str] | None = None) -> bool:
+    """
+    Send ``message`` (newline-separated ``KEY=VALUE`` lines) to systemd.
+
+    Returns True if it was sent, False when there is no ``$NOTIFY_SOCKET``
+    or the socket cannot be reached.  It never raises, because a lost
+    status line must not take the appliance down.
+    """
+    env = os.environ if environ is None else environ
+    address = env.get("NOTIFY_SOCKET", "")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    elif not address.startswith("/"):
+        _log.warn("NOTIFY_SOCKET {address!r} is not a unix socket; not notifying", address=address)
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode("utf-8"))
+    except OSError as e:
+        _log.warn("cannot notify systemd at {address!r}: {error}",
+                  address=env.get("NOTIFY_SOCKET"), error=e)
+        return False
+    return True
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def status_line(status: Mapping[str, Any]) -> str:
+    """
+    One line for ``systemctl status``, built from :meth:`SeedPool.status`:
+    whether bytes are served, the source and its health state, and the
+    reseed figures.
+    """
+    source = status.get("source", {})
+    name = source.get("name", "?")
+    kind = source.get("kind", "?")
+    state = source.get("state", "?")
+    head = "serving" if status.get("healthy") else (
+        f"FAILING CLOSED ({_one_line(status.get('reason') or 'unknown reason')})")
+    parts = [head, f"source {name} ({kind}) {state}"]
+    failures = {k: v for k, v in (source.get("health_failures") or {}).items() if v}
+    if failures:
+        parts.append("health failures " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
+    if source.get("error"):
+        parts.append(f"error: {_one_line(source['error'])}")
+    drbg = status.get("drbg", {})
+    if "reseeds" in drbg:
+        age = drbg.get("reseed_age_seconds")
+        last = "never" if age is None else f"{age:.1f} s ago"
+        parts.append(f"reseeds {drbg['reseeds']}, last {last}")
+    pool = status.get("pool", {})
+    if "fill_percent" in pool:
+        parts.append(f"seed pool {pool['fill_percent']:.0f}%")
+    return "; ".join(parts)
+
+
+class NotifyService(Service):
+    """
+    Tells systemd READY=1 when started, STATUS= every ``interval`` seconds,
+    and STOPPING=1 when stopped.
+
+    ``pool_status`` returns a :meth:`SeedPool.status`-shaped dict; ``clock``
+    schedules the updates; ``notify`` sends one message (default
+    :func:`sd_notify`).
+    """
+
+    def __init__(self, pool_status: Callable[[], Mapping[str, Any]], clock: IReactorTime,
+                 notify: Callable[[str], object] = sd_notify,
+                 interval: float = STATUS_INTERVAL) -> None:
+        self._pool_status = pool_status
+        self._clock = clock
+        self._notify = notify
+        self._interval = interval
+        self._loop: LoopingCall | None = None
+
+    def _status(self) -> str:
+        try:
+            return status_line(self._pool_status())
+        except Exception as e:  # a broken status must not stop the updates
+            return f"status unavailable: {_one_line(e)}"
+
+    def startService(self) -> None:
+        """Every earlier sibling is listening: report READY=1 with the first status."""
+        super().startService()
+        self._notify(f"READY=1\nSTATUS={self._status()}")
+        loop = LoopingCall(self.update)
+        loop.clock = self._clock
+        loop.start(self._interval, now=False)
+        self._loop = loop
+
+    def update(self) -> None:
+        """Send the current STATUS= line."""
+        self._notify(f"STATUS={self._status()}")
+
+    def stopService(self) -> None:
+        """Report STOPPING=1 before the listeners close."""
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+        self._notify("STOPPING=1\nSTATUS=stopping")

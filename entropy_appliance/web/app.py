@@ -1,0 +1,374 @@
+"""
+The Klein web app: random bytes, integers, UUIDs, pollen, status, health,
+metrics and OpenAPI, all drawing from the one :class:`SeedPool`.
+
+:class:`EntropyWeb` keeps ``app = Klein()`` as a class attribute, so routes
+are methods over instance state.  ``EntropyWeb(...).site()`` is the ONE
+``Site`` that ``tap.py`` serves on every HTTP, HTTPS and onion endpoint.
+
+Hooks for other modules:
+
+- ``status_extras={"onion": callable}``: each callable's value is merged into
+  ``/v1/status`` under its key; a mapping with a string ``"state"`` is also
+  exported to ``/metrics`` as ``entropy_<key>_state{state="..."} 1``.
+- ``listeners``: endpoint descriptions reported by ``/v1/status``.
+- New routes: subclass, or add ``@EntropyWeb.app.route(...)`` methods, and
+  describe them with :func:`entropy_appliance.web.openapi.register_paths`.
+  Raise :mod:`entropy_appliance.web.errors` problems (``BadRequest`` and
+  friends) and parse parameters with :func:`parse_int` / :func:`parse_choice`
+  so errors stay RFC 9457.  Call :meth:`EntropyWeb.rng_headers` on every
+  response that carries random data.
+- The landing page is ``web/static/index.html``.
+
+No route reads ``os.urandom``: every random byte comes from
+``pool.random_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from importlib import resources
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
+
+from entropy_appliance import __version__
+from entropy_appliance.pool import FailClosed, IClock, SeedPool
+from entropy_appliance.web import errors, openapi
+from entropy_appliance.web.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
+from entropy_appliance.web.formats import DEFAULT_FORMAT, FORMATS, Format
+from entropy_appliance.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from entropy_appliance.web.metrics import WebMetrics
+from entropy_appliance.web.pollen import render_pollen
+from entropy_appliance.web.streaming import CHUNK_SIZE, STREAM_THRESHOLD, stream_random
+
+__all__ = [
+    "EntropyWeb",
+    "EntropySite",
+    "FrontResource",
+    "parse_int",
+    "parse_choice",
+    "uniform_integers",
+    "DEFAULT_MAX_BYTES",
+]
+
+DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
+
+JSON = b"application/json"
+_INT = re.compile(r"[+-]?[0-9]{1,40}")
+_U64 = 1 << 64
+
+
+def _arg(request: Request, name: str) -> str | None:
+    values = (request.args or {}).get(name.encode())
+    if not values:
+        return None
+    return values[0].decode("utf-8", "replace")
+
+
+def parse_int(request: Request, name: str, lo: int, hi: int | None,
+              default: int | None = None) -> int:
+    """
+    The integer query parameter ``name`` in [lo, hi] (``hi`` None: no upper
+    bound), or ``default`` when absent; raises :class:`errors.BadRequest`.
+    """
+    text = _arg(request, name)
+    if text is None:
+        if default is None:
+            raise BadRequest(f"the query parameter {name!r} is required")
+        return default
+    if not _INT.fullmatch(text.strip()):
+        raise BadRequest(f"{name}={text[:64]!r} is not an integer")
+    value = int(text)
+    if value < lo or (hi is not None and value > hi):
+        upper = "" if hi is None else f" and at most {hi}"
+        raise BadRequest(f"{name}={value} is out of range: it must be at least {lo}{upper}")
+    return value
+
+
+def parse_choice(request: Request, name: str, choices: Iterable[str], default: str) -> str:
+    """The query parameter ``name``, one of ``choices``; raises BadRequest."""
+    text = _arg(request, name)
+    if text is None:
+        return default
+    options = sorted(choices)
+    if text not in options:
+        raise BadRequest(f"{name}={text[:64]!r} is unknown; use one of {', '.join(options)}")
+    return text
+
+
+def uniform_integers(random_bytes: Callable[[int], bytes], count: int, lo: int, hi: int) -> list[int]:
+    """
+    ``count`` integers uniform in [lo, hi], by rejection sampling of 64-bit
+    draws, so that no value is favoured by a modulo (``hi - lo < 2**63``).
+    """
+    span = hi - lo + 1
+    limit = _U64 - _U64 % span
+    out: list[int] = []
+    # Rejection happens with probability span / 2**64 <= 1/8 here, so a few
+    # rounds always suffice; the bound only guards against a broken source.
+    for _ in range(64):
+        need = count - len(out)
+        if need <= 0:
+            break
+        draws = need + need // 4 + 1
+        raw = random_bytes(8 * draws)
+        for v in struct.unpack(f">{draws}Q", raw):
+            if v < limit:
+                out.append(lo + v % span)
+                if len(out) == count:
+                    break
+    if len(out) < count:
+        raise RuntimeError("rejection sampling did not converge")
+    return out
+
+
+class EntropySite(Site):
+    """
+    The one Site of the process.  It writes no access-log line per request
+    (costly at tens of thousands of requests a second, and a record of who
+    fetched randomness); requests are counted in the metrics instead.
+    """
+
+    displayTracebacks = False
+
+    def __init__(self, resource: Any, h2: bool = True, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self._h2 = h2
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        ALPN protocols: Twisted puts the factory's list ahead of the TLS
+        context's, so turning HTTP/2 off has to happen here.
+        """
+        protocols: list[bytes] = list(super().acceptableProtocols())
+        return protocols if self._h2 else [p for p in protocols if p != b"h2"]
+
+    def log(self, request: Any) -> None:
+        """No access log; see the class docstring."""
+
+
+class FrontResource(Resource):
+    """
+    A thin leaf in front of Klein: ``POST /`` (the pollen protocol, which
+    pollinate calls at every boot) is answered directly, everything else is
+    delegated to the Klein resource.  This keeps the hottest path free of
+    routing and Deferreds.
+    """
+
+    isLeaf = True
+
+    def __init__(self, pollen: Callable[[Request], bytes], rest: Any,
+                 observe: Callable[[Request], None]) -> None:
+        super().__init__()
+        self._pollen = pollen
+        self._rest = rest
+        self._observe = observe
+
+    def render(self, request: Request) -> Any:
+        """Answer POST / here; hand every other request to Klein; count each."""
+        if request.method == b"POST" and request.path == b"/":
+            body = self._pollen(request)
+            self._observe(request)
+            return body
+        observe = self._observe
+        request.notifyFinish().addBoth(lambda _: observe(request))
+        return self._rest.render(request)  # a KleinResource
+
+
+class EntropyWeb:
+    """The web surface of one appliance, over one seed pool."""
+
+    app = Klein()
+    errors.install(app)
+
+    def __init__(
+        self,
+        pool: SeedPool,
+        clock: IClock,
+        *,
+        version: str = __version__,
+        listeners: Iterable[str] = (),
+        status_extras: Mapping[str, Callable[[], Any]] | None = None,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        self.pool = pool
+        self.clock = clock
+        self.version = version
+        self.listeners = list(listeners)
+        self.status_extras: dict[str, Callable[[], Any]] = dict(status_extras or {})
+        self.max_bytes = max_bytes
+        self.metrics = WebMetrics(pool, self.status_extras)
+        self._started = clock.seconds()
+        self._landing = resources.files("entropy_appliance.web").joinpath(
+            "static/index.html").read_bytes()
+        self._routes: frozenset[str] | None = None
+
+    # -- wiring ---------------------------------------------------------------
+
+    def resource(self) -> Any:
+        """The root resource: the lean pollen path in front of Klein."""
+        return FrontResource(self.pollen, self.app.resource(), self.observe)
+
+    def site(self, h2: bool = True, **kwargs: Any) -> Site:
+        """The one Site to serve on every web endpoint (``h2=False``: no HTTP/2 by ALPN)."""
+        return EntropySite(self.resource(), h2=h2, **kwargs)
+
+    def observe(self, request: Any) -> None:
+        """Count one finished request by route (known paths only), method and status."""
+        if self._routes is None:
+            self._routes = frozenset(r.rule for r in self.app.url_map.iter_rules())
+        path = request.path.decode("utf-8", "replace")
+        route = path if path in self._routes else "other"
+        method = request.method.decode("ascii", "replace")
+        if method not in ("GET", "HEAD", "POST"):
+            method = "other"
+        self.metrics.observe(route, method, int(request.code))
+
+    # -- shared helpers -------------------------------------------------------
+
+    def rng_headers(self, request: Request) -> None:
+        """Set the headers every random response carries."""
+        pool = self.pool
+        age = pool.reseed_age()
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        request.setHeader(b"X-RNG-Source", pool.source_name.encode())
+        request.setHeader(b"X-RNG-Source-Kind", pool.source_kind.encode())
+        request.setHeader(b"X-RNG-DRBG", b"CTR_DRBG AES-256")
+        request.setHeader(b"X-RNG-Reseed-Age-ms", b"%d" % round(1000 * (age or 0.0)))
+        request.setHeader(b"X-RNG-Reseed-Interval-ms", b"%d" % round(1000 * pool.policy.interval))
+
+    def random(self, n: int, surface: str = "http") -> bytes:
+        """``n`` bytes from the pool, or :class:`errors.ServiceUnavailable`."""
+        try:
+            return self.pool.random_bytes(n, surface=surface)
+        except FailClosed as e:
+            raise ServiceUnavailable(e.reason, e.retry_after) from None
+
+    def _require_healthy(self) -> None:
+        if not self.pool.healthy:
+            reason = self.pool.closed_reason or "not yet seeded"
+            raise ServiceUnavailable(reason, self.pool.retry_after())
+
+    def pollen(self, request: Request) -> bytes:
+        """Answer a pollen request (POST / or GET /?challenge=)."""
+        return render_pollen(request, self.pool, self.rng_headers)
+
+    @staticmethod
+    def _json(request: Request, value: Any, code: int = 200) -> bytes:
+        body = json.dumps(value).encode()
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", JSON)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        return body
+
+    # -- routes ---------------------------------------------------------------
+
+    @app.route("/", methods=["GET", "POST"])
+    def root(self, request: Request) -> bytes:
+        """Landing page, or the pollen protocol when a challenge is given."""
+        if request.method == b"POST" or (request.args or {}).get(b"challenge"):
+            return self.pollen(request)
+        request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
+        return self._landing
+
+    @app.route("/v1/random", methods=["GET"])
+    def random_route(self, request: Request) -> bytes | Deferred[bytes]:
+        """``bytes`` random bytes in ``format``; streamed above 64 KiB."""
+        n = parse_int(request, "bytes", 1, None)
+        if n > self.max_bytes:
+            raise PayloadTooLarge(
+                f"bytes={n} is above this server's limit of {self.max_bytes}; ask for less, "
+                "or make several requests")
+        fmt: Format = FORMATS[parse_choice(request, "format", FORMATS, DEFAULT_FORMAT)]
+        request.setHeader(b"Content-Type", fmt.content_type)
+        request.setHeader(b"Content-Length", b"%d" % fmt.content_length(n))
+        if request.method == b"HEAD":
+            self._require_healthy()
+            self.rng_headers(request)
+            return b""
+        if n <= STREAM_THRESHOLD:
+            raw = self.random(n)
+            self.rng_headers(request)
+            return fmt.prefix(n) + fmt.encode(raw) + fmt.suffix()
+        first = self.random(min(n, fmt.chunk_size(CHUNK_SIZE)))
+        self.rng_headers(request)
+        return stream_random(request, self.pool, n, fmt, first)
+
+    @app.route("/v1/integers", methods=["GET"])
+    def integers(self, request: Request) -> bytes:
+        """``count`` uniform integers in [min, max]."""
+        bound = openapi.INTEGER_BOUND
+        count = parse_int(request, "count", 1, openapi.MAX_INTEGERS, default=1)
+        lo = parse_int(request, "min", -bound, bound)
+        hi = parse_int(request, "max", -bound, bound)
+        if lo > hi:
+            raise BadRequest(f"min={lo} is greater than max={hi}")
+        values = uniform_integers(self.random, count, lo, hi)
+        self.rng_headers(request)
+        return self._json(request, values)
+
+    @app.route("/v1/uuid", methods=["GET"])
+    def uuids(self, request: Request) -> bytes:
+        """``count`` version-4 UUIDs."""
+        count = parse_int(request, "count", 1, openapi.MAX_UUIDS, default=1)
+        raw = self.random(16 * count)
+        values = [str(uuid.UUID(bytes=raw[i:i + 16], version=4)) for i in range(0, 16 * count, 16)]
+        self.rng_headers(request)
+        return self._json(request, values)
+
+    def status(self) -> dict[str, Any]:
+        """The /v1/status document: the pool snapshot plus version, uptime, listeners, extras."""
+        doc = self.pool.status()
+        doc["version"] = self.version
+        doc["uptime_seconds"] = max(0.0, self.clock.seconds() - self._started)
+        doc["listeners"] = list(self.listeners)
+        for key, hook in self.status_extras.items():
+            try:
+                doc[key] = hook()
+            except Exception as e:
+                # One broken extra must not hide the rest of the status.
+                doc[key] = {"error": f"{type(e).__name__}: {e}"}
+        return doc
+
+    @app.route("/v1/status", methods=["GET"])
+    def status_route(self, request: Request) -> bytes:
+        """JSON status snapshot."""
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self._json(request, self.status())
+
+    @app.route("/health", methods=["GET"])
+    def health(self, request: Request) -> bytes:
+        """200 while random bytes may be served, 503 with the reason otherwise."""
+        request.setHeader(b"Cache-Control", b"no-store")
+        pool = self.pool
+        if pool.healthy:
+            return self._json(request, {"status": "ok", "source": pool.source_name,
+                                        "reseed_age_seconds": pool.reseed_age()})
+        request.setHeader(b"Retry-After", b"%d" % max(1, round(pool.retry_after())))
+        return self._json(request, {"status": "failing", "reason": pool.closed_reason,
+                                    "source": pool.source_name}, code=503)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_route(self, request: Request) -> bytes:
+        """Prometheus exposition."""
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
+        request.setHeader(b"Cache-Control", b"no-store")
+        return self.metrics.render()
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi_route(self, request: Request) -> bytes:
+        """The OpenAPI 3.1 document of this instance."""
+        doc = openapi.build_document(openapi.OpenAPIContext(self.version, self.max_bytes))
+        return self._json(request, doc)
+__import__("entropy_appliance.web.media_routes", fromlist=["install"]).install(EntropyWeb.app)

@@ -1,0 +1,193 @@
+"""
+Problem details (RFC 9457) for every error the web surface returns.
+
+A route raises one of the :class:`Problem` subclasses below and the handler
+installed by :func:`install` writes it as ``application/problem+json`` with
+``type``, ``title``, ``status`` and ``detail``, plus any extra headers
+(``Allow`` for 405, ``Retry-After`` for 503).  Werkzeug's routing errors
+(unknown path, wrong method) are mapped to the same shape, so a client never
+sees HTML or a 500 for bad input.
+
+Other modules reuse this: raise ``BadRequest("...")``, ``PayloadTooLarge``,
+``ServiceUnavailable(detail, retry_after)``; call :func:`write_problem` from a
+plain ``twisted.web`` resource that is not behind Klein.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as RoutingMethodNotAllowed
+from werkzeug.exceptions import NotFound as RoutingNotFound
+from werkzeug.routing import RequestRedirect
+
+__all__ = [
+    "PROBLEM_TYPE_BASE",
+    "PROBLEM_JSON",
+    "Problem",
+    "BadRequest",
+    "NotFound",
+    "MethodNotAllowed",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "problem_body",
+    "write_problem",
+    "install",
+]
+
+log = Logger()
+
+PROBLEM_JSON = b"application/problem+json"
+
+#: ``type`` URIs are relative references to the appliance's own docs.
+PROBLEM_TYPE_BASE = "/openapi.json#/components/schemas/Problem/"
+
+
+class Problem(Exception):
+    """An HTTP error with an RFC 9457 body; subclasses fix status and title."""
+
+    status = 500
+    title = "Internal Server Error"
+    slug = "internal"
+
+    def __init__(self, detail: str, headers: dict[bytes, bytes] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = dict(headers or {})
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object of the problem."""
+        return {
+            "type": PROBLEM_TYPE_BASE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+
+
+class BadRequest(Problem):
+    """400: a parameter is missing, malformed or out of range."""
+
+    status = 400
+    title = "Bad Request"
+    slug = "bad-request"
+
+
+class NotFound(Problem):
+    """404: no such route."""
+
+    status = 404
+    title = "Not Found"
+    slug = "not-found"
+
+
+class MethodNotAllowed(Problem):
+    """405: the route exists but not for this method; carries ``Allow``."""
+
+    status = 405
+    title = "Method Not Allowed"
+    slug = "method-not-allowed"
+
+    def __init__(self, detail: str, allowed: list[str]) -> None:
+        super().__init__(detail, {b"Allow": ", ".join(sorted(set(allowed))).encode()})
+        self.allowed = sorted(set(allowed))
+
+
+class PayloadTooLarge(Problem):
+    """413: more bytes were asked for than ``--max-bytes`` allows."""
+
+    status = 413
+    title = "Payload Too Large"
+    slug = "payload-too-large"
+
+
+class ServiceUnavailable(Problem):
+    """503: the core fails closed; carries ``Retry-After`` in whole seconds."""
+
+    status = 503
+    title = "Service Unavailable"
+    slug = "service-unavailable"
+
+    def __init__(self, detail: str, retry_after: float = 1.0) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(detail, {b"Retry-After": str(seconds).encode()})
+        self.retry_after = seconds
+
+
+def problem_body(problem: Problem) -> bytes:
+    """Serialise ``problem`` as the bytes of an RFC 9457 JSON body."""
+    return json.dumps(problem.as_dict()).encode()
+
+
+def write_problem(request: Request, problem: Problem) -> bytes:
+    """
+    Set the status and headers of ``request`` for ``problem`` and return the
+    body; the caller writes it (Klein does so for a returned value).
+    """
+    request.setResponseCode(problem.status)
+    request.setHeader(b"Content-Type", PROBLEM_JSON)
+    request.setHeader(b"Cache-Control", b"no-store")
+    for name, value in problem.headers.items():
+        request.setHeader(name, value)
+    body = problem_body(problem)
+    request.setHeader(b"Content-Length", b"%d" % len(body))
+    return body
+
+
+def _allowed_methods(exc: RoutingMethodNotAllowed) -> list[str]:
+    methods = list(exc.valid_methods or [])
+    # Werkzeug adds HEAD for every GET rule and OPTIONS automatically.
+    return [m for m in methods if m != "OPTIONS"]
+
+
+def install(app: Klein) -> None:
+    """Register the problem+json error handlers on a Klein ``app``."""
+
+    @app.handle_errors(Problem)
+    def _problem(self: Any, request: Any, failure: Failure) -> bytes:
+        assert isinstance(failure.value, Problem)
+        return write_problem(request, failure.value)
+
+    @app.handle_errors(RoutingNotFound)
+    def _not_found(self: Any, request: Any, failure: Failure) -> bytes:
+        path = request.path.decode("utf-8", "replace")
+        return write_problem(request, NotFound(f"no route for {path}; see /openapi.json"))
+
+    @app.handle_errors(RoutingMethodNotAllowed)
+    def _bad_method(self: Any, request: Any, failure: Failure) -> bytes:
+        exc = failure.value
+        assert isinstance(exc, RoutingMethodNotAllowed)
+        allowed = _allowed_methods(exc)
+        method = request.method.decode("ascii", "replace")
+        return write_problem(request, MethodNotAllowed(
+            f"{method} is not allowed here; use {', '.join(sorted(set(allowed)))}", allowed))
+
+    @app.handle_errors(RequestRedirect)
+    def _redirect(self: Any, request: Any, failure: Failure) -> bytes:
+        exc = failure.value
+        assert isinstance(exc, RequestRedirect)
+        request.setResponseCode(exc.code)
+        request.setHeader(b"Location", exc.new_url.encode())
+        return b""
+
+    @app.handle_errors(HTTPException)
+    def _routing(self: Any, request: Any, failure: Failure) -> bytes:
+        exc = failure.value
+        assert isinstance(exc, HTTPException)
+        problem = Problem(exc.description or exc.name)
+        problem.status = exc.code or 400
+        problem.title = exc.name
+        return write_problem(request, problem)
+
+    @app.handle_errors(Exception)
+    def _unexpected(self: Any, request: Any, failure: Failure) -> bytes:
+        # A bug must not leak a traceback to the client; it is logged instead.
+        log.failure("unhandled error in {path}", failure, path=request.path)
+        return write_problem(request, Problem("the server failed to answer this request"))

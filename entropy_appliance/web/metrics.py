@@ -1,0 +1,139 @@
+"""
+``/metrics``: Prometheus exposition made by ``prometheus_client``.
+
+Two kinds of figures:
+
+- :class:`PoolCollector` reads ``pool.status()`` at scrape time, so the pool
+  keeps its plain counters and nothing is duplicated: pool fill, reseeds,
+  reseed age, bytes generated and served by surface, health failures by
+  test, source state, fail-closed refusals.  Every ``status_extras`` hook
+  whose value is a mapping with a string ``"state"`` is exported as
+  ``entropy_<name>_state{state="..."} 1`` (e.g. the onion service).
+- :class:`WebMetrics` owns the per-app registry and the request counter,
+  which the Site bumps once per finished request (route, method, status).
+
+Each app has its own :class:`~prometheus_client.CollectorRegistry`, so two
+apps in one process (tests) never share counters.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from entropy_appliance.pool import SeedPool
+
+__all__ = ["PoolCollector", "WebMetrics", "CONTENT_TYPE", "SOURCE_STATES"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+
+#: Every state the health tests report; each gets a 0/1 sample.
+SOURCE_STATES = ("startup", "ok", "failed")
+
+
+class PoolCollector(Collector):
+    """Exports one snapshot of the seed pool (and of status extras) per scrape."""
+
+    def __init__(self, pool: SeedPool,
+                 extras: Mapping[str, Callable[[], Any]] | None = None) -> None:
+        self._pool = pool
+        self._extras = extras if extras is not None else {}
+
+    def collect(self) -> Iterable[Any]:
+        """Yield the metric families of one ``status()`` snapshot."""
+        s = self._pool.status()
+        pool, drbg, source = s["pool"], s["drbg"], s["source"]
+
+        yield GaugeMetricFamily("entropy_healthy", "1 while random bytes may be served, else 0.",
+                                value=1 if s["healthy"] else 0)
+        yield GaugeMetricFamily("entropy_pool_fill_bytes", "Approved seed samples buffered.",
+                                value=pool["fill_bytes"])
+        yield GaugeMetricFamily("entropy_pool_fill_ratio", "Seed pool fill, 0..1 of its high-water mark.",
+                                value=pool["fill_percent"] / 100.0)
+        yield CounterMetricFamily("entropy_pool_seed_draws", "Seed draws from the pool.",
+                                  value=pool["seed_draws"])
+        yield CounterMetricFamily("entropy_pool_seed_draws_short",
+                                  "Seed draws that found the pool too low.",
+                                  value=pool["seed_draws_short"])
+        yield CounterMetricFamily("entropy_drbg_reseeds", "Successful DRBG (re)seeds.",
+                                  value=drbg["reseeds"])
+        yield CounterMetricFamily("entropy_drbg_reseed_failures",
+                                  "Reseeds that were due and could not be done.",
+                                  value=drbg["reseed_failures"])
+        age = drbg["reseed_age_seconds"]
+        yield GaugeMetricFamily("entropy_drbg_reseed_age_seconds",
+                                "Seconds since the last reseed (NaN before the first).",
+                                value=math.nan if age is None else age)
+        yield GaugeMetricFamily("entropy_drbg_reseed_interval_seconds",
+                                "Longest time between reseeds.",
+                                value=drbg["reseed_interval_seconds"])
+        yield CounterMetricFamily("entropy_drbg_generated_bytes", "DRBG output bytes.",
+                                  value=drbg["bytes_generated"])
+        served = CounterMetricFamily("entropy_served_bytes", "Random bytes served, by surface.",
+                                     labels=["surface"])
+        for surface, n in sorted(s["served"].items()):
+            served.add_metric([surface], n)
+        yield served
+        yield CounterMetricFamily("entropy_fail_closed_refusals",
+                                  "Requests for random bytes refused while failing closed.",
+                                  value=s["fail_closed_refusals"])
+        yield CounterMetricFamily("entropy_source_read_bytes", "Raw bytes read from the source.",
+                                  value=source["bytes_read"])
+        yield CounterMetricFamily("entropy_source_errors", "Failed reads of the source.",
+                                  value=source["errors"])
+        failures = CounterMetricFamily("entropy_health_failures",
+                                       "SP 800-90B health test failures, by test.",
+                                       labels=["test"])
+        for test, n in sorted(source["health_failures"].items()):
+            failures.add_metric([test], n)
+        yield failures
+        state = GaugeMetricFamily("entropy_source_state",
+                                  "1 for the source's current health state, else 0.",
+                                  labels=["source", "state"])
+        states = list(SOURCE_STATES)
+        if source["state"] not in states:
+            states.append(source["state"])
+        for name in states:
+            state.add_metric([source["name"], name], 1 if name == source["state"] else 0)
+        yield state
+        yield from self._extra_states()
+
+    def _extra_states(self) -> Iterable[Any]:
+        for key, hook in sorted(self._extras.items()):
+            try:
+                value = hook()
+            except Exception:
+                # A broken hook must not take the whole scrape down.
+                continue
+            if isinstance(value, Mapping) and isinstance(value.get("state"), str):
+                name = "".join(c if c.isalnum() else "_" for c in key.lower())
+                family = GaugeMetricFamily(f"entropy_{name}_state",
+                                           f"1 for the current state of {key}.",
+                                           labels=["state"])
+                family.add_metric([value["state"]], 1)
+                yield family
+
+
+class WebMetrics:
+    """The registry of one web app: the pool collector and request counters."""
+
+    def __init__(self, pool: SeedPool,
+                 extras: Mapping[str, Callable[[], Any]] | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(PoolCollector(pool, extras))
+        self.requests = Counter(
+            "entropy_http_requests", "HTTP requests answered, by route, method and status.",
+            ["route", "method", "status"], registry=self.registry)
+
+    def observe(self, route: str, method: str, status: int) -> None:
+        """Count one finished request."""
+        self.requests.labels(route, method, str(status)).inc()
+
+    def render(self) -> bytes:
+        """The text exposition of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,152 @@
+"""
+End to end: ``twist entropy`` as a subprocess on loopback, real curl and pollinate.
+
+HTTP, HTTPS and HTTP/2 (ALPN), a 100 MB streamed body read fast and slowly
+with the server's RSS bounded, the real pollinate client, and /metrics
+through prometheus_client's parser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.twistd_helpers import Appliance, start_appliance
+
+pytestmark = pytest.mark.e2e
+
+BIG = 100_000_000
+#: The server may grow by this much while streaming 100 MB (chunks and buffers, not the body).
+RSS_SLACK_KIB = 48 * 1024
+
+
+def curl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["curl", "-sS", "--fail-with-body", *args], capture_output=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appliance]:
+    a = start_appliance(tmp_path_factory.mktemp("appliance"), "--source", "kernel")
+    try:
+        yield a
+    finally:
+        a.stop()
+
+
+def test_http_https_and_h2(app: Appliance) -> None:
+    r = curl("-D", "-", app.url("http", "/v1/random?bytes=16&format=hex"))
+    assert r.returncode == 0, r.stderr
+    head, _, body = r.stdout.partition(b"\r\n\r\n")
+    assert re.fullmatch(rb"[0-9a-f]{32}", body)
+    assert b"cache-control: no-store" in head.lower() and b"x-rng-source:" in head.lower()
+    cacert = ["--cacert", str(app.cert)]
+    r = curl(*cacert, "-o", "/dev/null", "-w", "%{http_version}",
+             f"https://localhost:{app.ports['https']}/v1/random?bytes=16")
+    assert r.returncode == 0, r.stderr
+    r = curl("--http2", "-k", "-o", "-", "-w", "\n%{http_version}", app.url("https", "/v1/random?bytes=16"))
+    assert r.returncode == 0 and r.stdout.endswith(b"\n2"), r.stderr
+    assert len(r.stdout) == 16 + 2
+    r = curl("--http2", "-k", "-w", "\n%{http_version}", app.url("https", "/v1/uuid?count=3"))
+    body, _, version = r.stdout.rpartition(b"\n")
+    assert version == b"2" and len(json.loads(body)) == 3
+    # Old protocol versions are refused.
+    r = curl("-k", "--tlsv1.1", "--tls-max", "1.1", app.url("https", "/health"))
+    assert r.returncode != 0
+    assert "SHA-256 fingerprint" in app.log()
+
+
+def test_errors_over_the_wire(app: Appliance) -> None:
+    r = curl("-o", "-", "-w", "\n%{http_code} %{content_type}", app.url("http", "/v1/random?bytes=-1"))
+    body, _, status = r.stdout.rpartition(b"\n")
+    assert status == b"400 application/problem+json" and json.loads(body)["status"] == 400
+    r = curl("-X", "PATCH", "-D", "-", app.url("https", "/health"), "-k")
+    assert b" 405" in r.stdout.split(b"\r\n")[0] and b"allow: get" in r.stdout.lower()
+
+
+def _stream(app: Appliance, scheme: str, extra: list[str]) -> tuple[int, int]:
+    """Fetch BIG bytes with curl while sampling the server's RSS; return (size, max RSS growth)."""
+    base = app.rss_kib()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], app.rss_kib())
+
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        r = curl("-k", "-o", "/dev/null", "-w", "%{size_download}", *extra,
+                 app.url(scheme, f"/v1/random?bytes={BIG}"), timeout=120)
+    finally:
+        done.set()
+        t.join()
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout), peak[0] - base
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_100mb_streamed_at_full_speed_with_bounded_memory(app: Appliance, scheme: str) -> None:
+    size, growth = _stream(app, scheme, [])
+    assert size == BIG
+    assert growth < RSS_SLACK_KIB, f"server RSS grew by {growth} KiB"
+
+
+def test_100mb_read_by_a_slow_client_with_bounded_memory(app: Appliance) -> None:
+    size, growth = _stream(app, "http", ["--limit-rate", "40M"])
+    assert size == BIG
+    assert growth < RSS_SLACK_KIB, f"server RSS grew by {growth} KiB"
+
+
+def test_client_hangs_up_mid_stream_and_server_carries_on(app: Appliance) -> None:
+    r = curl("-o", "/dev/null", "--max-time", "0.5", "--limit-rate", "1M",
+             app.url("http", f"/v1/random?bytes={BIG}"))
+    assert r.returncode != 0
+    assert curl(app.url("http", "/health")).returncode == 0
+
+
+@pytest.mark.skipif(shutil.which("pollinate") is None, reason="Debian's pollinate is not installed")
+def test_real_pollinate_over_http_and_https(app: Appliance, tmp_path: Path) -> None:
+    for server, extra in [
+        (app.url("http", "/"), []),
+        (f"https://localhost:{app.ports['https']}/", ["--curl-opts", f"--cacert {app.cert}"]),
+    ]:
+        r = subprocess.run(["pollinate", "-t", "--strict", "-s", server, *extra],
+                           capture_output=True, timeout=60, cwd=tmp_path)
+        assert r.returncode == 0, (r.stdout, r.stderr)
+        # --strict makes a failed challenge check exit 1; the seed is a SHA-512,
+        # printed raw (64 bytes) or as hex depending on /etc/default/pollinate.
+        assert len(r.stdout) == 64 or re.fullmatch(rb"[0-9a-f]{128}", r.stdout), r.stdout
+    served = json.loads(curl(app.url("http", "/v1/status")).stdout)["served"]
+    assert served["pollen"] >= 128
+
+
+def test_metrics_parse(app: Appliance) -> None:
+    curl(app.url("http", "/v1/uuid"))
+    r = curl(app.url("http", "/metrics"))
+    assert r.returncode == 0
+    names = {f.name: f for f in text_string_to_metric_families(r.stdout.decode())}
+    assert {"entropy_healthy", "entropy_pool_fill_bytes", "entropy_drbg_reseeds",
+            "entropy_drbg_reseed_age_seconds", "entropy_health_failures", "entropy_source_state",
+            "entropy_served_bytes", "entropy_http_requests"} <= set(names)
+    uuid_requests = [s for s in names["entropy_http_requests"].samples
+                     if s.labels.get("route") == "/v1/uuid" and s.labels.get("status") == "200"]
+    assert uuid_requests and uuid_requests[0].value >= 1
+
+
+def test_no_h2_offers_only_http11(tmp_path: Path) -> None:
+    a = start_appliance(tmp_path, "--source", "kernel", "--no-h2", "--stream", "none", "--http", "none")
+    try:
+        r = curl("--http2", "-k", "-o", "/dev/null", "-w", "%{http_version}", a.url("https", "/health"))
+        assert r.stdout == b"1.1", r.stderr
+    finally:
+        a.stop()

@@ -1,0 +1,456 @@
+"""
+The onion service against real tor processes.
+
+- A shared tor with ``DisableNetwork 1`` (no Tor network needed): the address
+  appears in ``/v1/status`` within seconds, is stable across restarts, and is
+  in tor's list of detached onion services exactly while the appliance runs.
+- A tor the appliance launches itself: it is relaunched when it dies, and it
+  is stopped with the appliance.
+- A private Tor network on loopback (:mod:`tests.tornet`): through a client's
+  SOCKS port, the site and the raw stream answer at the .onion address.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.tornet import TorNetwork, free_port, rss_bytes
+
+pytestmark = [
+    pytest.mark.tor,
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("tor") is None, reason="needs Debian's tor (apt install tor)"),
+]
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = [str(Path(sys.executable).parent / "twistd")]
+
+
+def _wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- an appliance in a subprocess -------------------------------------------------
+
+
+class Appliance:
+    """``twistd -n entropy`` on free loopback ports, in its own directory."""
+
+    def __init__(self, workdir: Path, args: list[str]) -> None:
+        self.workdir = workdir
+        self.http = free_port()
+        self.stream = free_port()
+        self.log = workdir / "twistd.log"
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        self.process = subprocess.Popen(
+            [*TWISTD, "-n", "--pidfile=", "--logfile", str(self.log), "entropy", "--source", "kernel",
+             "--http", f"tcp:{self.http}:interface=127.0.0.1",
+             "--stream", f"tcp:{self.stream}:interface=127.0.0.1", "--https", "none", *args],
+            cwd=workdir, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def status(self) -> dict[str, Any] | None:
+        """``/v1/status``, or None while the site is not up."""
+        if self.process.poll() is not None:
+            raise AssertionError(f"twistd exited ({self.process.returncode}):\n{self.output()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v1/status", timeout=2) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
+    def onion(self) -> dict[str, Any]:
+        status = self.status()
+        assert status is not None
+        return status["onion"]
+
+    def wait_for_address(self, timeout: float = 30) -> str:
+        """The onion address once tor has accepted the service."""
+        def address() -> str | None:
+            status = self.status()
+            return status["onion"]["address"] if status else None
+        return str(_wait_for("the onion address in /v1/status", address, timeout))
+
+    def output(self) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        if self.process.poll() is not None and self.process.stdout is not None:
+            text += self.process.stdout.read().decode(errors="replace")
+        return text[-4000:]
+
+    def stop(self) -> bool:
+        """SIGTERM (SIGKILL after 20 s); True if it shut down cleanly."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        # twistd ends a clean SIGTERM shutdown by re-raising the signal.
+        return self.process.returncode in (0, -signal.SIGTERM)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short: unix socket paths are limited to about 100 bytes.
+    d = Path(tempfile.mkdtemp(prefix="eo-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def appliances() -> Iterator[Callable[[Path, list[str]], Appliance]]:
+    started: list[Appliance] = []
+
+    def start(workdir: Path, args: list[str]) -> Appliance:
+        a = Appliance(workdir, args)
+        started.append(a)
+        return a
+
+    try:
+        yield start
+    finally:
+        for a in started:
+            a.stop()
+
+
+# --- a shared tor without network ----------------------------------------------------
+
+
+class ControlClient:
+    """A minimal synchronous tor control client (cookie auth) for checking tor's view."""
+
+    def __init__(self, socket_path: Path, cookie: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(10)
+        self.sock.connect(str(socket_path))
+        self.file = self.sock.makefile("rwb")
+        self.command(f"AUTHENTICATE {cookie.read_bytes().hex()}")
+
+    def command(self, line: str) -> list[str]:
+        self.file.write(line.encode() + b"\r\n")
+        self.file.flush()
+        replies = []
+        while True:
+            reply = self.file.readline().decode().rstrip("\r\n")
+            if not reply:
+                raise AssertionError("tor closed the control connection")
+            replies.append(reply[4:])
+            if reply[3] == " ":
+                if not reply.startswith("250"):
+                    raise AssertionError(f"{line.split()[0]}: {reply}")
+                return replies
+
+    def detached_onions(self) -> set[str]:
+        reply = self.command("GETINFO onions/detached")
+        ids: set[str] = set()
+        for line in reply:
+            if line.startswith("onions/detached="):
+                ids.update(x for x in line.split("=", 1)[1].split() if x)
+            elif line and line != "OK" and "=" not in line:
+                ids.add(line)
+        return ids
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SharedTor:
+    """Debian's tor with DisableNetwork 1, a unix ControlPort and cookie auth."""
+
+    def __init__(self, base: Path) -> None:
+        self.dir = base / "tor"
+        self.dir.mkdir(mode=0o700)
+        self.control = self.dir / "control"
+        torrc = self.dir / "torrc"
+        torrc.write_text("\n".join([
+            f"DataDirectory {self.dir}",
+            f"ControlPort unix:{self.control}",
+            "CookieAuthentication 1",
+            "SocksPort 0",
+            "DisableNetwork 1",
+            f"Log notice file {self.dir / 'notice.log'}",
+            f"__OwningControllerProcess {os.getpid()}",
+        ]) + "\n")
+        self.process = subprocess.Popen(
+            ["tor", "--defaults-torrc", os.devnull, "-f", str(torrc), "--quiet"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for("tor's control socket", self.control.exists, 30, 0.1)
+
+    def client(self) -> ControlClient:
+        return ControlClient(self.control, self.dir / "control_auth_cookie")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+
+
+@pytest.fixture
+def shared_tor(workdir: Path) -> Iterator[SharedTor]:
+    tor = SharedTor(workdir)
+    try:
+        yield tor
+    finally:
+        tor.stop()
+
+
+def test_shared_tor_address_at_once_stable_and_removed_on_shutdown(
+        workdir: Path, shared_tor: SharedTor, appliances: Callable[[Path, list[str]], Appliance]) -> None:
+    args = ["--onion", "--tor-control", f"unix:{shared_tor.control}"]
+    control = shared_tor.client()
+    try:
+        first = appliances(workdir, args)
+        address = first.wait_for_address(timeout=30)
+        assert address.endswith(".onion") and len(address) == 62
+        onion = first.onion()
+        assert onion["state"] == "starting"  # no network: never published, never blocked on it
+        assert onion["ports"] == {"80": "http", "9000": "stream"}
+        # The key was created private, under certs/ by default.
+        key = workdir / "certs" / "onion_ed25519.key"
+        assert key.stat().st_mode & 0o777 == 0o600
+        # The site and the stream did not wait for tor.
+        assert first.status() is not None
+        with socket.create_connection(("127.0.0.1", first.stream), timeout=5) as s:
+            assert len(s.recv(64)) > 0
+
+        service_id = address.removesuffix(".onion")
+        assert service_id in control.detached_onions()
+        assert first.stop()
+        assert service_id not in control.detached_onions()
+
+        second = appliances(workdir, args)
+        assert second.wait_for_address(timeout=30) == address
+        assert service_id in control.detached_onions()
+        assert second.stop()
+        assert service_id not in control.detached_onions()
+    finally:
+        control.close()
+
+
+def test_leftover_service_from_a_crash_is_replaced(
+        workdir: Path, shared_tor: SharedTor, appliances: Callable[[Path, list[str]], Appliance]) -> None:
+    args = ["--onion", "--tor-control", f"unix:{shared_tor.control}"]
+    control = shared_tor.client()
+    try:
+        crashed = appliances(workdir, args)
+        address = crashed.wait_for_address()
+        crashed.process.kill()  # no clean shutdown: the detached service stays in tor
+        crashed.process.wait(timeout=10)
+        assert address.removesuffix(".onion") in control.detached_onions()
+        again = appliances(workdir, args)
+        assert again.wait_for_address() == address
+        assert again.stop()
+        assert address.removesuffix(".onion") not in control.detached_onions()
+    finally:
+        control.close()
+
+
+def test_client_authorization_accepted_by_tor(
+        workdir: Path, shared_tor: SharedTor, appliances: Callable[[Path, list[str]], Appliance]) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    auth = workdir / "clients"
+    auth.mkdir()
+    pub = X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    b32 = base64.b32encode(pub).decode().rstrip("=")
+    (auth / "laptop.auth").write_text(f"descriptor:x25519:{b32}\n")
+    a = appliances(workdir, ["--onion", "--tor-control", f"unix:{shared_tor.control}",
+                             "--onion-client-auth", str(auth)])
+    a.wait_for_address()
+    assert a.onion()["client_auth"] == 1
+    assert a.stop()
+
+
+def test_corrupt_key_is_a_startup_error_and_is_kept(
+        workdir: Path, shared_tor: SharedTor, appliances: Callable[[Path, list[str]], Appliance]) -> None:
+    key = workdir / "broken.key"
+    key.write_bytes(b"== ed25519v1-secret: type0 ==\0\0\0 truncated")
+    a = appliances(workdir, ["--onion", "--tor-control", f"unix:{shared_tor.control}",
+                             "--onion-key", str(key)])
+    assert a.process.wait(timeout=30) != 0
+    assert a.process.stdout is not None
+    out = a.process.stdout.read().decode(errors="replace")
+    assert "corrupt" in out
+    assert key.read_bytes() == b"== ed25519v1-secret: type0 ==\0\0\0 truncated"
+
+
+def test_missing_tor_binary_is_a_startup_error(
+        workdir: Path, appliances: Callable[[Path, list[str]], Appliance]) -> None:
+    a = appliances(workdir, ["--onion", "--tor-binary", str(workdir / "no-such-tor")])
+    assert a.process.wait(timeout=30) != 0
+    assert a.process.stdout is not None
+    assert "apt install tor" in a.process.stdout.read().decode(errors="replace")
+
+
+# --- a tor the appliance launches -------------------------------------------------------
+
+
+def _tor_pid(data_dir: Path) -> int | None:
+    try:
+        pid = int((data_dir / "tor.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if Path(f"/proc/{pid}").exists() else None
+
+
+def test_launched_tor_is_relaunched_when_it_dies_and_stopped_with_us(
+        workdir: Path, appliances: Callable[[Path, list[str]], Appliance]) -> None:
+    data_dir = workdir / "tordata"
+    extra = workdir / "extra-torrc"
+    extra.write_text(f"DisableNetwork 1\nPidFile {data_dir / 'tor.pid'}\n")
+    a = appliances(workdir, ["--onion", "--tor-config", str(extra), "--tor-data-dir", str(data_dir)])
+    address = a.wait_for_address(timeout=60)
+    assert a.onion()["tor"] == "launched"
+    pid = _wait_for("the launched tor's pid file", lambda: _tor_pid(data_dir), 10)
+
+    os.kill(pid, signal.SIGKILL)
+    _wait_for("the state to say tor is gone", lambda: a.onion()["state"] == "failed", 10, 0.05)
+    assert a.onion()["address"] == address
+    assert a.status() is not None  # the site keeps serving
+    new_pid = _wait_for("a relaunched tor", lambda: (_tor_pid(data_dir) or pid) != pid and _tor_pid(data_dir),
+                        30)
+    _wait_for("the service re-added", lambda: a.onion()["state"] == "starting"
+              and "accepted" in a.onion()["detail"], 60)
+
+    assert a.stop()
+    _wait_for("the launched tor to exit", lambda: not Path(f"/proc/{new_pid}").exists(), 15)
+
+
+# --- through a real Tor circuit -------------------------------------------------------------
+
+
+def socks5_connect(socks_port: int, host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to ``host:port`` through a SOCKS5 proxy (tor resolves the name)."""
+    s = socket.create_connection(("127.0.0.1", socks_port), timeout=timeout)
+    try:
+        s.sendall(b"\x05\x01\x00")
+        if s.recv(2) != b"\x05\x00":
+            raise OSError("SOCKS5 greeting refused")
+        name = host.encode()
+        s.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port))
+        reply = _recv_exactly(s, 4)
+        if reply[1] != 0:
+            raise OSError(f"SOCKS5 connect failed with code {reply[1]}")
+        skip = {1: 4, 4: 16}.get(reply[3])
+        if skip is None:
+            skip = _recv_exactly(s, 1)[0]
+        _recv_exactly(s, skip + 2)
+        return s
+    except BaseException:
+        s.close()
+        raise
+
+
+def _recv_exactly(s: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = s.recv(n - len(data))
+        if not chunk:
+            raise OSError("connection closed")
+        data += chunk
+    return data
+
+
+def _http_get(socks_port: int, host: str, path: str, timeout: float) -> tuple[int, bytes]:
+    with socks5_connect(socks_port, host, 80, timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.timeout(420)
+def test_site_and_stream_through_a_private_tor_network(
+        appliances: Callable[[Path, list[str]], Appliance]) -> None:
+    base = Path(tempfile.mkdtemp(prefix="eo-net-"))
+    began = time.monotonic()
+    deadline = began + 240
+    try:
+        with TorNetwork(base / "net", relays=3) as net:
+            net.build()
+            consensus = net.start(timeout=120)
+            appliance_tor = base / "appliance-tor"
+            a = appliances(base, ["--onion", "--tor-config", str(net.network_config(base / "tornet.torrc")),
+                                  "--tor-data-dir", str(appliance_tor)])
+            socks = net.add_client()
+            address = a.wait_for_address(timeout=60)
+
+            status, body, tries = 0, b"", 0
+            while time.monotonic() < deadline:
+                tries += 1
+                try:
+                    status, body = _http_get(socks, address, "/v1/random?bytes=32", timeout=15)
+                    if status == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(1)
+            fetched = time.monotonic() - began
+            assert status == 200, f"no answer through Tor after {tries} tries\n{net.log_tails()}"
+            assert len(body) == 32
+
+            with socks5_connect(socks, address, 9000, timeout=30) as s:
+                streamed = b""
+                while len(streamed) < 65536:
+                    chunk = s.recv(65536)
+                    assert chunk, "the raw stream closed"
+                    streamed += chunk
+            assert len(set(streamed)) > 200  # bytes, not a constant
+
+            # published once tor reported a descriptor upload
+            _wait_for("state published", lambda: a.onion()["state"] == "published", 60)
+
+            appliance_tor_pid = _tor_pid_from_dir(appliance_tor)
+            pids = net.pids() + [a.process.pid] + ([appliance_tor_pid] if appliance_tor_pid else [])
+            memory = sum(rss_bytes(p) for p in pids)
+            print(f"\ntor network: consensus {consensus:.1f} s, first onion fetch {fetched:.1f} s after "
+                  f"launch ({tries} tries), {len(pids)} processes, RSS {memory / 2**20:.0f} MiB")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _tor_pid_from_dir(data_dir: Path) -> int | None:
+    # The launched tor holds a lock on its data directory; find it by its torrc.
+    torrc = str(data_dir / "torrc")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if torrc.encode() in cmdline:
+            return int(entry.name)
+    return None

@@ -1,0 +1,341 @@
+"""
+The seed pool, the source producer and their fault handling, in memory.
+
+The producer runs with a synchronous "thread pool" and a task.Clock, so each
+test drives the whole pipeline (source -> producer -> health -> pool ->
+DRBG) deterministically.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IConsumer, IPullProducer
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from entropy_appliance.health import HealthTests
+from entropy_appliance.pool import FailClosed, PoolShort, ReseedPolicy, SeedPool
+from entropy_appliance.producer import SourceProducer
+from entropy_appliance.sources import DeviceSource, SourceError
+
+
+class FakeSource:
+    """A source whose bytes come from a function; it can be made to fail."""
+
+    name = "fake"
+    kind = "device"
+
+    def __init__(self, make: Callable[[int], bytes] = os.urandom) -> None:
+        self.make = make
+        self.error: str | None = None
+        self.reads = 0
+        self.bytes_read = 0
+        self.closed = False
+
+    def read(self, n: int) -> bytes:
+        self.reads += 1
+        if self.error:
+            raise SourceError(self.error)
+        data = self.make(n)
+        self.bytes_read += len(data)
+        return data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def sync_run(job: Callable[[], bytes]) -> Deferred[bytes]:
+    return maybeDeferred(job)
+
+
+def pipeline(
+    source: FakeSource | DeviceSource,
+    h: float = 8.0,
+    interval: float = 1.0,
+    max_bytes: int = 64 * 1024 * 1024,
+    high_water: int | None = None,
+    run: Callable[[Callable[[], bytes]], Deferred[bytes]] = sync_run,
+) -> tuple[SeedPool, SourceProducer, Clock]:
+    clock = Clock()
+    pool = SeedPool(clock, HealthTests(h), ReseedPolicy(interval, max_bytes, 384),
+                    source_name=source.name, source_kind=source.kind, high_water=high_water)
+    producer = SourceProducer(source, pool, run, clock, chunk_size=1024)
+    producer.start()
+    return pool, producer, clock
+
+
+def test_interfaces() -> None:
+    pool, producer, _ = pipeline(FakeSource())
+    assert verifyObject(IConsumer, pool)
+    assert verifyObject(IPullProducer, producer)
+
+
+def test_healthy_pipeline_serves_drbg_output() -> None:
+    pool, _, clock = pipeline(FakeSource())
+    out = pool.random_bytes(1000, surface="test")
+    assert len(out) == 1000
+    assert out != pool.random_bytes(1000)
+    st = pool.status()
+    assert st["healthy"] is True
+    assert st["source"]["state"] == "ok"
+    assert st["drbg"]["reseeds"] == 1
+    assert st["served"] == {"test": 1000}
+    assert st["drbg"]["bytes_generated"] == 2000
+
+
+def test_pool_pulls_only_to_high_water() -> None:
+    source = FakeSource()
+    pool, _, _ = pipeline(source, high_water=8192)
+    # The startup test (1024 samples) plus at most the high-water mark
+    # plus one chunk in flight: the device is not read further.
+    assert source.bytes_read <= 1024 + 8192 + 1024 + 1024
+    reads = source.reads
+    pool.nudge()
+    assert source.reads == reads
+    assert pool.status()["pool"]["fill_bytes"] <= 8192
+
+
+def test_reseeds_on_interval_and_on_bytes() -> None:
+    pool, _, clock = pipeline(FakeSource(), interval=2.0, max_bytes=10_000)
+    pool.random_bytes(10)
+    assert pool.status()["drbg"]["reseeds"] == 1
+    clock.advance(2.0)
+    pool.random_bytes(10)
+    assert pool.status()["drbg"]["reseeds"] == 2
+    pool.random_bytes(10_000)
+    pool.random_bytes(1)
+    assert pool.status()["drbg"]["reseeds"] == 3
+    clock.advance(0.5)
+    assert pool.status()["drbg"]["reseed_age_seconds"] == pytest.approx(0.5)
+
+
+def test_not_seeded_means_closed() -> None:
+    clock = Clock()
+    pool = SeedPool(clock, HealthTests(8.0), ReseedPolicy())
+    with pytest.raises(FailClosed) as e:
+        pool.random_bytes(16)
+    assert "not yet seeded" in e.value.reason
+    assert e.value.retry_after >= 1
+
+
+def stuck(n: int) -> bytes:
+    return b"\x42" * n
+
+
+def biased(n: int) -> bytes:
+    # Every other sample is 0x00: no long runs, so the RCT stays quiet,
+    # but 0x00 fills half of every APT window.
+    rnd = bytearray(os.urandom(n))
+    rnd[::2] = bytes(len(rnd[::2]))
+    for i in range(1, n, 2):
+        if rnd[i] == 0:
+            rnd[i] = 1
+    return bytes(rnd)
+
+
+def drain_until_failure(pool: SeedPool, test: str) -> None:
+    """Consume buffered samples so that the producer reads fresh (faulty) ones."""
+    for _ in range(1000):
+        if pool.status()["source"]["health_failures"].get(test):
+            return
+        try:
+            pool.take_raw(512)
+        except PoolShort:
+            pool.nudge()
+    raise AssertionError(f"the {test} never fired")
+
+
+@pytest.mark.parametrize("fault,test", [(stuck, "rct"), (biased, "apt")])
+def test_health_fault_fails_closed_at_reseed_deadline(
+    fault: Callable[[int], bytes], test: str
+) -> None:
+    source = FakeSource()
+    pool, producer, clock = pipeline(source, interval=1.0)
+    assert len(pool.random_bytes(64)) == 64
+    source.make = fault
+    drain_until_failure(pool, test)
+    st = pool.status()
+    assert st["source"]["health_failures"][test] >= 1
+    assert st["pool"]["fill_bytes"] == 0
+    # Until the reseed deadline the DRBG may still serve ...
+    assert len(pool.random_bytes(16)) == 16
+    # ... but once it passes, no byte leaves.
+    clock.advance(1.0)
+    with pytest.raises(FailClosed):
+        pool.random_bytes(16)
+    assert pool.healthy is False
+    assert pool.status()["healthy"] is False
+
+
+def test_stuck_source_is_declared_failed_then_retried_with_backoff() -> None:
+    source = FakeSource(stuck)
+    pool, producer, clock = pipeline(source)
+    assert pool.status()["source"]["state"] == "failed"
+    reads = source.reads
+    clock.advance(0.5)
+    pool.tick()
+    assert source.reads == reads  # no retry before the backoff
+    source.make = os.urandom
+    clock.advance(0.6)
+    pool.tick()
+    assert source.reads > reads
+    assert pool.status()["source"]["state"] == "ok"
+    assert len(pool.random_bytes(32)) == 32
+
+
+def test_failed_source_heatmap_reads_quarantine() -> None:
+    pool, _, _ = pipeline(FakeSource(stuck))
+    raw = pool.take_raw(1024)
+    assert raw == b"\x42" * 1024
+
+
+class ManualRun:
+    """A thread pool stand-in whose reads complete only when the test says."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], bytes], Deferred[bytes]]] = []
+
+    def __call__(self, job: Callable[[], bytes]) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.pending.append((job, d))
+        return d
+
+    def complete(self, count: int = 1_000) -> None:
+        for _ in range(count):
+            if not self.pending:
+                return
+            job, d = self.pending.pop(0)
+            d.callback(job())
+
+
+def test_take_raw_never_starves_reseed() -> None:
+    run = ManualRun()
+    pool, _, _ = pipeline(FakeSource(), high_water=4096, run=run)
+    run.complete()
+    assert len(run.pending) == 0 or pool.status()["pool"]["fill_bytes"] >= 4096 - 1024
+    with pytest.raises(PoolShort):
+        for _ in range(100):
+            pool.take_raw(256)
+    assert pool.status()["pool"]["fill_bytes"] >= pool.reseed_samples
+    assert len(pool.random_bytes(16)) == 16
+
+
+def test_slow_device_one_read_in_flight() -> None:
+    run = ManualRun()
+    pool, _, _ = pipeline(FakeSource(), run=run)
+    assert len(run.pending) == 1
+    pool.nudge()
+    pool.nudge()
+    assert len(run.pending) == 1
+    with pytest.raises(FailClosed):
+        pool.random_bytes(1)
+    run.complete()
+    assert len(pool.random_bytes(1)) == 1
+
+
+def test_source_error_backoff_and_recovery() -> None:
+    source = FakeSource()
+    pool, producer, clock = pipeline(source)
+    source.error = "EIO reading /dev/fake: Input/output error"
+    for _ in range(100):
+        if pool.status()["source"]["state"] == "failed":
+            break
+        try:
+            pool.take_raw(512)
+        except PoolShort:
+            pool.nudge()
+    st = pool.status()["source"]
+    assert st["state"] == "failed"
+    assert "EIO" in st["error"]
+    assert st["errors"] == 1
+    clock.advance(1.0)  # first retry after 1 s, still failing
+    assert pool.status()["source"]["errors"] == 2
+    clock.advance(1.0)  # the next wait is 2 s
+    assert pool.status()["source"]["errors"] == 2
+    clock.advance(1.0)
+    assert pool.status()["source"]["errors"] == 3
+    clock.advance(2.0)  # reseed deadline passed: closed
+    with pytest.raises(FailClosed) as e:
+        pool.random_bytes(1)
+    assert "EIO" in e.value.reason
+    source.error = None
+    clock.advance(4.0)
+    assert pool.status()["source"]["state"] == "ok"
+    assert len(pool.random_bytes(8)) == 8
+
+
+def test_fifo_writer_stops_gives_eof(tmp_path: Path) -> None:
+    fifo = tmp_path / "rng.fifo"
+    os.mkfifo(fifo)
+    payload = os.urandom(64 * 1024)
+    # Hold a read end open so that the writer can open at once; the source
+    # then sees the payload followed by EOF when the writer closes.
+    keeper = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    wfd = os.open(fifo, os.O_WRONLY)
+
+    def writer() -> None:
+        with os.fdopen(wfd, "wb") as f:
+            f.write(payload)
+
+    t = threading.Thread(target=writer, daemon=True)
+    source = DeviceSource(str(fifo))
+    pool, producer, clock = pipeline(source, h=8.0, high_water=256 * 1024,
+                                     run=lambda job: deferToThreadAndWait(job, t))
+    assert len(pool.random_bytes(16)) == 16
+    st = pool.status()["source"]
+    assert st["state"] == "failed"
+    assert "end of file" in st["error"]
+    clock.advance(1.0)
+    with pytest.raises(FailClosed):
+        pool.random_bytes(16)
+    producer.stopProducing()
+    producer.stopProducing()  # idempotent
+    os.close(keeper)
+
+
+def deferToThreadAndWait(job: Callable[[], bytes], writer: threading.Thread) -> Deferred[bytes]:
+    """Run the read inline, starting the writer on the first read."""
+    if not writer.is_alive() and writer.ident is None:
+        writer.start()
+    return maybeDeferred(job)
+
+
+def test_fork_is_detected_and_child_reseeds() -> None:
+    pid = [100]
+    clock = Clock()
+    health = HealthTests(8.0)
+    pool = SeedPool(clock, health, ReseedPolicy(), getpid=lambda: pid[0])
+    producer = SourceProducer(FakeSource(), pool, sync_run, clock, chunk_size=1024)
+    producer.start()
+    pool.random_bytes(16)
+    before = pool.status()["drbg"]["reseeds"]
+    pid[0] = 101
+    pool.random_bytes(16)
+    assert pool.status()["drbg"]["reseeds"] == before + 1
+
+
+def test_status_snapshot_shape() -> None:
+    pool, _, clock = pipeline(FakeSource())
+    pool.random_bytes(10, surface="http")
+    st = pool.status()
+    assert set(st["pool"]) >= {"fill_bytes", "fill_percent", "high_water_bytes", "pressure"}
+    assert set(st["drbg"]) >= {"reseeds", "reseed_age_seconds", "reseed_interval_seconds",
+                               "reseed_bits", "bytes_generated"}
+    assert set(st["source"]) >= {"name", "kind", "state", "bytes_read", "health_failures"}
+    assert st["source"]["health_failures"] == {"rct": 0, "apt": 0}
+    assert 0.0 <= st["pool"]["pressure"] <= 1.0
+
+
+def test_never_serves_from_unseeded_when_source_is_bad_from_start() -> None:
+    pool, _, clock = pipeline(FakeSource(stuck))
+    for _ in range(5):
+        clock.advance(1.0)
+        with pytest.raises(FailClosed):
+            pool.random_bytes(1)
+    assert pool.status()["drbg"]["reseeds"] == 0

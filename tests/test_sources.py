@@ -1,0 +1,91 @@
+"""Source parsing, auto-detection and device reads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from entropy_appliance.sources import (
+    DeviceSource,
+    KernelSource,
+    SourceError,
+    SourceSpec,
+    detect,
+    open_source,
+    parse_source,
+)
+
+
+def fake_root(tmp_path: Path, devices: list[str], rng_current: str | None = None) -> str:
+    (tmp_path / "dev").mkdir()
+    for d in devices:
+        (tmp_path / "dev" / d).write_bytes(b"")
+    if rng_current is not None:
+        sysdir = tmp_path / "sys/class/misc/hw_random"
+        sysdir.mkdir(parents=True)
+        (sysdir / "rng_current").write_text(rng_current + "\n")
+    return str(tmp_path)
+
+
+def test_detect_prefers_quantis(tmp_path: Path) -> None:
+    root = fake_root(tmp_path, ["qrandom0", "hwrng", "chaoskey0"], "virtio_rng.0")
+    assert detect(root) == SourceSpec("quantis", f"{root}/dev/qrandom0")
+
+
+def test_detect_hwrng_only_with_a_current_driver(tmp_path: Path) -> None:
+    root = fake_root(tmp_path, ["hwrng", "chaoskey0"], "none")
+    assert detect(root) == SourceSpec("chaoskey", f"{root}/dev/chaoskey0")
+
+
+def test_detect_hwrng(tmp_path: Path) -> None:
+    root = fake_root(tmp_path, ["hwrng"], "tpm-rng-0")
+    assert detect(root) == SourceSpec("hwrng", f"{root}/dev/hwrng")
+
+
+def test_detect_falls_back_to_kernel(tmp_path: Path) -> None:
+    assert detect(fake_root(tmp_path, [])) == SourceSpec("kernel")
+
+
+def test_parse_source(tmp_path: Path) -> None:
+    f = tmp_path / "qrandom3"
+    f.write_bytes(b"x")
+    assert parse_source("kernel") == SourceSpec("kernel")
+    assert parse_source(f"device:{f}") == SourceSpec("quantis", str(f))
+    with pytest.raises(ValueError, match="auto, kernel or device:PATH"):
+        parse_source("usb")
+    with pytest.raises(ValueError, match="needs a path"):
+        parse_source("device:")
+    with pytest.raises(ValueError, match="No such file"):
+        parse_source(f"device:{tmp_path}/missing")
+    with pytest.raises(ValueError, match="not a character device"):
+        parse_source(f"device:{tmp_path}")
+
+
+def test_device_reads_exactly_and_eof_is_an_error(tmp_path: Path) -> None:
+    f = tmp_path / "blob"
+    f.write_bytes(os.urandom(3000))
+    src = open_source(SourceSpec("device", str(f)))
+    assert isinstance(src, DeviceSource)
+    assert len(src.read(2000)) == 2000
+    with pytest.raises(SourceError, match="end of file"):
+        src.read(2000)
+    src.close()
+
+
+def test_vanished_device_is_an_error(tmp_path: Path) -> None:
+    src = DeviceSource(str(tmp_path / "gone"))
+    with pytest.raises(SourceError, match="cannot open"):
+        src.read(16)
+
+
+def test_fifo_without_writer_is_eof_not_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match="end of file"):
+        DeviceSource(str(fifo)).read(16)
+
+
+def test_kernel_source() -> None:
+    assert len(KernelSource().read(64)) == 64

@@ -1,0 +1,106 @@
+"""TLS material: generation, loading errors, fingerprints, the context, ssl: parsing, tap wiring."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from OpenSSL import SSL
+from twisted.python import usage
+
+from entropy_appliance import tls
+from entropy_appliance.tap import Options
+
+
+def test_generated_certificate_covers_local_names_and_key_is_private(tmp_path: Path) -> None:
+    key, cert = str(tmp_path / "c" / "k.pem"), str(tmp_path / "c" / "c.pem")
+    tls.generate_self_signed(key, cert, hostname="appliance.example")
+    assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
+    m = tls.load_material(key, cert)
+    san = m.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "appliance.example"}
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
+    fp = tls.fingerprint(m.certificate)
+    assert len(fp.split(":")) == 32
+
+
+def test_load_errors_are_clear(tmp_path: Path) -> None:
+    key, cert = str(tmp_path / "k.pem"), str(tmp_path / "c.pem")
+    with pytest.raises(tls.TLSConfigError, match="does not exist"):
+        tls.load_material(key, cert)
+    tls.generate_self_signed(key, cert)
+    other_key, other_cert = str(tmp_path / "k2.pem"), str(tmp_path / "c2.pem")
+    tls.generate_self_signed(other_key, other_cert)
+    with pytest.raises(tls.TLSConfigError, match="does not match"):
+        tls.load_material(other_key, cert)
+    Path(tmp_path / "junk.pem").write_text("not a key")
+    with pytest.raises(tls.TLSConfigError, match="not a PEM private key"):
+        tls.load_material(str(tmp_path / "junk.pem"), cert)
+    with pytest.raises(tls.TLSConfigError, match="not a PEM certificate"):
+        tls.load_material(key, str(tmp_path / "junk.pem"))
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=5000)
+    with pytest.raises(tls.TLSConfigError, match="expired"):
+        tls.load_material(key, cert, now=later)
+
+
+def test_context_allows_only_tls12_up_and_offers_alpn(tmp_path: Path) -> None:
+    key, cert = str(tmp_path / "k.pem"), str(tmp_path / "c.pem")
+    m = tls.generate_self_signed(key, cert)
+    factory = tls.context_factory(tls.load_material(key, cert))
+    assert factory._acceptableProtocols == [b"h2", b"http/1.1"]
+    factory.getContext()
+    assert factory._options & SSL.OP_NO_TLSv1 and factory._options & SSL.OP_NO_TLSv1_1
+    assert tls.context_factory(m, h2=False)._acceptableProtocols == [b"http/1.1"]
+
+
+def test_parse_ssl_endpoint() -> None:
+    s = tls.parse_ssl_endpoint("ssl:8443")
+    assert (s.port, s.interface, s.private_key) == (8443, "", None)
+    s = tls.parse_ssl_endpoint("ssl:port=443:interface=\\:\\:1:privateKey=/k:certKey=/c")
+    assert (s.port, s.interface, s.private_key, s.cert_key) == (443, "::1", "/k", "/c")
+    for bad in ["ssl:", "ssl:abc", "ssl:99999", "ssl:443:foo=1", "ssl:443:certKey=/c", "tcp:80"]:
+        with pytest.raises(ValueError):
+            tls.parse_ssl_endpoint(bad)
+
+
+def test_tap_generates_default_certificate_on_first_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    o = Options()
+    o.parseOptions(["--source", "kernel", "--stream", "none", "--http", "tcp:0", "--https", "ssl:0"])
+    assert (tmp_path / "certs" / "server.key").exists() and (tmp_path / "certs" / "server.pem").exists()
+    (spec, material, generated), = o["https_listen"]
+    assert generated and spec.port == 0
+    o = Options()
+    o.parseOptions(["--source", "kernel", "--stream", "none", "--https", "ssl:0"])
+    assert o["https_listen"][0][2] is False
+    assert o["http"] == ["tcp:8080"] and o["max-bytes"] == 1024**3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tls-key", "/nonexistent/k.pem", "--tls-cert", "/nonexistent/c.pem"], "does not exist"),
+    (["--https", "ssl:notaport"], "--https"),
+    (["--https", "none", "--https", "ssl:1"], "cannot be combined"),
+    (["--http", "bogus:1"], "--http"),
+    (["--max-bytes", "lots"], "--max-bytes"),
+    (["--max-bytes", "0"], "--max-bytes"),
+])
+def test_tap_rejects_bad_web_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     args: list[str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(usage.UsageError, match=message):
+        Options().parseOptions(["--source", "kernel", "--stream", "none", *args])
+
+
+def test_tap_none_disables_web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    o = Options()
+    o.parseOptions(["--source", "kernel", "--stream", "none", "--http", "none", "--https", "none"])
+    assert o["http"] == [] and o["https_listen"] == []
+    assert not (tmp_path / "certs").exists()

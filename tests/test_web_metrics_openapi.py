@@ -1,0 +1,71 @@
+"""/metrics through prometheus_client's parser, and the OpenAPI document and its registry."""
+
+from __future__ import annotations
+
+import json
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from entropy_appliance.web import openapi
+from tests.web_helpers import call, header, make_web
+
+
+def samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_report_pool_requests_and_extras() -> None:
+    _, stub = make_web(status_extras={"onion": lambda: {"state": "published", "address": "x.onion"}})
+    call(stub, "GET", "http://a/v1/random?bytes=100")
+    call(stub, "GET", "http://a/v1/random?bytes=0")
+    call(stub, "GET", "http://a/nope")
+    resp, body = call(stub, "GET", "http://a/metrics")
+    assert resp.code == 200
+    assert header(resp, "Content-Type").startswith("text/plain")
+    m = samples(body)
+    assert m[("entropy_healthy", ())] == 1
+    assert m[("entropy_drbg_reseeds_total", ())] >= 1
+    assert m[("entropy_served_bytes_total", (("surface", "http"),))] == 100
+    assert m[("entropy_pool_fill_bytes", ())] >= 0
+    assert ("entropy_drbg_reseed_age_seconds", ()) in m
+    assert m[("entropy_health_failures_total", (("test", "rct"),))] == 0
+    assert m[("entropy_source_state", (("source", "kernel"), ("state", "ok")))] == 1
+    assert m[("entropy_onion_state", (("state", "published"),))] == 1
+    req = "entropy_http_requests_total"
+    assert m[(req, (("method", "GET"), ("route", "/v1/random"), ("status", "200")))] == 1
+    assert m[(req, (("method", "GET"), ("route", "/v1/random"), ("status", "400")))] == 1
+    assert m[(req, (("method", "GET"), ("route", "other"), ("status", "404")))] == 1
+
+
+def test_openapi_describes_every_route_and_the_limits() -> None:
+    web, stub = make_web(max_bytes=12345)
+    resp, body = call(stub, "GET", "http://a/openapi.json")
+    doc = json.loads(body)
+    assert doc["openapi"].startswith("3.1")
+    core = {"/", "/v1/random", "/v1/integers", "/v1/uuid", "/v1/status", "/health", "/metrics",
+            "/openapi.json"}
+    assert core <= {r.rule for r in web.app.url_map.iter_rules()}
+    assert core <= set(doc["paths"])
+    params = {p["name"]: p for p in doc["paths"]["/v1/random"]["get"]["parameters"]}
+    assert params["bytes"]["schema"]["maximum"] == 12345
+    assert set(params["format"]["schema"]["enum"]) == {"binary", "hex", "base64", "json"}
+    responses = doc["paths"]["/v1/random"]["get"]["responses"]
+    assert {"200", "400", "413", "503"} <= set(responses)
+    assert "Retry-After" in responses["503"]["headers"]
+    assert "X-RNG-Source" in responses["200"]["headers"]
+    assert "post" in doc["paths"]["/"]
+    assert "Problem" in doc["components"]["schemas"]
+
+
+def test_openapi_registry_takes_other_modules_paths() -> None:
+    openapi.register_paths(lambda ctx: {"/v1/extension-test": {"get": {
+        "responses": {"200": {"description": f"limit {ctx.max_bytes}"}}}}},
+        schemas={"ExtensionTest": {"type": "object"}})
+    _, stub = make_web(max_bytes=77)
+    doc = json.loads(call(stub, "GET", "http://a/openapi.json")[1])
+    assert doc["paths"]["/v1/extension-test"]["get"]["responses"]["200"]["description"] == "limit 77"
+    assert "ExtensionTest" in doc["components"]["schemas"]

@@ -1,0 +1,171 @@
+"""The web routes in memory (StubTreq): bytes, formats, UUIDs, status, health, errors."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+
+import pytest
+
+from tests.web_helpers import call, header, make_web, unseeded_pool
+
+RANDOM_HEADERS = ["Cache-Control", "X-RNG-Source", "X-RNG-Reseed-Age-ms", "X-RNG-Reseed-Interval-ms"]
+
+
+def decode(fmt: str, body: bytes) -> bytes:
+    """The raw bytes inside a /v1/random body of format ``fmt``."""
+    if fmt == "binary":
+        return body
+    if fmt == "hex":
+        return binascii.unhexlify(body)
+    if fmt == "base64":
+        return base64.b64decode(body, validate=True)
+    doc = json.loads(body)
+    assert doc["format"] == "base64"
+    data = base64.b64decode(doc["data"], validate=True)
+    assert doc["bytes"] == len(data)
+    return data
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_random_default_binary(scheme: str) -> None:
+    _, stub = make_web()
+    resp, body = call(stub, "GET", f"{scheme}://appliance/v1/random?bytes=16")
+    assert resp.code == 200
+    assert len(body) == 16
+    assert header(resp, "Content-Type") == "application/octet-stream"
+    assert header(resp, "Cache-Control") == "no-store"
+    for name in RANDOM_HEADERS:
+        assert header(resp, name), name
+    assert header(resp, "X-RNG-Reseed-Interval-ms") == "3600000"
+
+
+@pytest.mark.parametrize("fmt,ctype", [("binary", "application/octet-stream"),
+                                       ("hex", "text/plain"), ("base64", "text/plain"),
+                                       ("json", "application/json")])
+@pytest.mark.parametrize("n", [1, 2, 3, 1000, 65536, 65537, 300_001])
+def test_random_every_format_and_size(fmt: str, ctype: str, n: int) -> None:
+    _, stub = make_web()
+    resp, body = call(stub, "GET", f"http://a/v1/random?bytes={n}&format={fmt}")
+    assert resp.code == 200
+    assert header(resp, "Content-Type").startswith(ctype)
+    raw = decode(fmt, body)
+    assert len(raw) == n
+    assert resp.length == len(body)
+
+
+def test_random_bodies_differ() -> None:
+    _, stub = make_web()
+    bodies = {call(stub, "GET", "http://a/v1/random?bytes=32")[1] for _ in range(5)}
+    assert len(bodies) == 5
+
+
+def test_head_gives_headers_without_generating() -> None:
+    web, stub = make_web()
+    before = web.pool.status()["drbg"]["bytes_generated"]
+    resp, body = call(stub, "HEAD", "http://a/v1/random?bytes=1000000")
+    assert resp.code == 200 and body == b""
+    assert web.pool.status()["drbg"]["bytes_generated"] == before
+
+
+@pytest.mark.parametrize("query", ["", "bytes=", "bytes=abc", "bytes=-1", "bytes=0", "bytes=1.5",
+                                   "bytes=0x10", "bytes=16&format=xml", "bytes=16&format=BINARY",
+                                   "bytes=16&format=",
+                                   "bytes=" + "9" * 5000])
+def test_random_bad_input_is_400_problem(query: str) -> None:
+    _, stub = make_web()
+    resp, body = call(stub, "GET", f"http://a/v1/random?{query}")
+    assert resp.code == 400
+    assert header(resp, "Content-Type") == "application/problem+json"
+    problem = json.loads(body)
+    assert problem["status"] == 400 and problem["title"] == "Bad Request"
+    assert problem["detail"] and problem["type"]
+
+
+def test_random_above_max_bytes_is_413() -> None:
+    _, stub = make_web(max_bytes=1000)
+    assert call(stub, "GET", "http://a/v1/random?bytes=1000")[0].code == 200
+    resp, body = call(stub, "GET", "http://a/v1/random?bytes=1001")
+    assert resp.code == 413
+    assert "1000" in json.loads(body)["detail"]
+
+
+def test_unknown_path_404_and_wrong_method_405() -> None:
+    _, stub = make_web()
+    resp, body = call(stub, "GET", "http://a/v2/nothing")
+    assert resp.code == 404
+    assert json.loads(body)["status"] == 404
+    assert header(resp, "Content-Type") == "application/problem+json"
+    resp, body = call(stub, "DELETE", "http://a/v1/random?bytes=1")
+    assert resp.code == 405
+    assert set(header(resp, "Allow").split(", ")) == {"GET", "HEAD"}
+    assert json.loads(body)["status"] == 405
+    resp, _ = call(stub, "PUT", "http://a/")
+    assert resp.code == 405
+    assert "POST" in header(resp, "Allow")
+
+
+@pytest.mark.parametrize("path", ["/v1/random?bytes=16", "/v1/random?bytes=200000",
+                                  "/v1/integers?min=1&max=6", "/v1/uuid"])
+def test_fail_closed_is_503_with_retry_after(path: str) -> None:
+    _, stub = make_web(unseeded_pool())
+    resp, body = call(stub, "GET", "http://a" + path)
+    assert resp.code == 503
+    assert int(header(resp, "Retry-After")) >= 1
+    problem = json.loads(body)
+    assert problem["status"] == 503 and "seeded" in problem["detail"]
+
+
+def test_uuids() -> None:
+    _, stub = make_web()
+    resp, body = call(stub, "GET", "http://a/v1/uuid?count=50")
+    assert resp.code == 200
+    assert header(resp, "Cache-Control") == "no-store"
+    values = json.loads(body)
+    assert len(values) == len(set(values)) == 50
+    for text in values:
+        u = uuid.UUID(text)
+        assert u.version == 4 and u.variant == uuid.RFC_4122 and str(u) == text
+    assert len(json.loads(call(stub, "GET", "http://a/v1/uuid")[1])) == 1
+    for bad in ["0", "1001", "x", "-5", ""]:
+        assert call(stub, "GET", f"http://a/v1/uuid?count={bad}")[0].code == 400
+
+
+def test_status_has_snapshot_version_uptime_listeners_and_extras() -> None:
+    def broken() -> object:
+        raise RuntimeError("not ready")
+
+    web, stub = make_web(listeners=["tcp:8080"], version="9.9",
+                         status_extras={"onion": lambda: {"state": "published"}, "broken": broken})
+    resp, body = call(stub, "GET", "http://a/v1/status")
+    assert resp.code == 200
+    doc = json.loads(body)
+    assert doc["version"] == "9.9" and doc["listeners"] == ["tcp:8080"]
+    assert doc["uptime_seconds"] >= 0
+    assert doc["healthy"] is True and doc["drbg"]["reseeds"] >= 1
+    assert doc["onion"] == {"state": "published"}
+    assert "not ready" in doc["broken"]["error"]
+
+
+def test_health() -> None:
+    _, stub = make_web()
+    resp, body = call(stub, "GET", "http://a/health")
+    assert resp.code == 200 and json.loads(body)["status"] == "ok"
+    _, stub = make_web(unseeded_pool())
+    resp, body = call(stub, "GET", "http://a/health")
+    assert resp.code == 503
+    doc = json.loads(body)
+    assert doc["status"] == "failing" and doc["reason"]
+    assert header(resp, "Retry-After")
+
+
+def test_landing_page_links_routes() -> None:
+    _, stub = make_web()
+    resp, body = call(stub, "GET", "https://a/")
+    assert resp.code == 200
+    assert header(resp, "Content-Type").startswith("text/html")
+    for route in [b"/v1/random", b"/v1/integers", b"/v1/uuid", b"/v1/status", b"/health",
+                  b"/metrics", b"/openapi.json"]:
+        assert b'href="' + route in body
