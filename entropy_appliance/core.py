@@ -10,17 +10,46 @@ from __future__ import annotations
 
 from typing import cast
 
-from twisted.application.service import Service
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from entropy_appliance.health import HealthTests
 from entropy_appliance.pool import ReseedPolicy, SeedPool
 from entropy_appliance.producer import ReaderThread, SourceProducer
 from entropy_appliance.sources import Source
 
-__all__ = ["CoreService", "build_core"]
+__all__ = ["CoreService", "OrderedService", "build_core"]
+
+
+class OrderedService(MultiService):
+    """
+    A MultiService that stops its children one at a time, last first, each
+    only after the one before it has finished stopping.
+
+    ``MultiService`` stops every child at once; the appliance needs order:
+    listeners close (and in-flight work drains) before the entropy pipeline
+    under them stops.
+    """
+
+    log = Logger()
+
+    def stopService(self) -> Deferred[None]:
+        """Stop the children in reverse order, waiting on each."""
+        Service.stopService(self)
+        d: Deferred[None] = succeed(None)
+        for child in reversed(list(self)):
+            d.addCallback(self._stop_child, child)
+        return d
+
+    def _stop_child(self, _: object, child: IService) -> Deferred[None]:
+        def failed(f: Failure) -> None:
+            self.log.failure("error stopping {child}", f, child=child)
+
+        return maybeDeferred(child.stopService).addErrback(failed)
 
 
 class CoreService(Service):
@@ -63,6 +92,7 @@ class CoreService(Service):
         self.producer.stopProducing()
         if self._reader is not None:
             self._reader.stop()
+        self.log.info("entropy pipeline stopped")
 
 
 def build_core(

@@ -18,6 +18,8 @@ the block length.
 
 from __future__ import annotations
 
+import threading
+
 from cryptography.hazmat.primitives.ciphers import (
     Cipher,
     CipherContext,
@@ -91,18 +93,43 @@ def _ctr(key: bytes, v: bytes) -> CipherContext:
     return Cipher(algorithms.AES(key), modes.CTR(_next_counter(v))).encryptor()
 
 
-def _cbc_encrypt(key: bytes, data: bytes) -> bytes:
-    """AES-CBC with a zero IV over block-aligned ``data`` (no padding)."""
-    enc = Cipher(algorithms.AES(key), modes.CBC(_ZERO_BLOCK)).encryptor()
-    return enc.update(data) + enc.finalize()
+_BCC_FIRST_BLOCKS = tuple(i.to_bytes(4, "big") + bytes(BLOCKLEN - 4) for i in range(3))
+
+
+class _BccChain(threading.local):
+    """One AES-CBC encryptor under the df's constant key, kept per thread.
+
+    Creating a cipher context (key schedule and OpenSSL lookup) costs far
+    more than encrypting the few blocks of a typical df input, and the df key
+    never changes, so the context is kept and reused.  A CBC encryptor
+    carries its last ciphertext block into the next call; XORing that block
+    into the first block of a new message cancels it, so every call computes
+    a fresh zero-IV CBC-MAC.  Thread-local, since a context must not be used
+    by two threads at once.
+    """
+
+    def __init__(self) -> None:
+        self.enc = Cipher(algorithms.AES(_DF_KEY), modes.CBC(_ZERO_BLOCK)).encryptor()
+        self.last = _ZERO_BLOCK
+
+    def mac(self, first: bytes, rest: bytes) -> bytes:
+        """BCC(K, first || rest): the last block of zero-IV CBC under the df key."""
+        head = _xor(first, self.last)
+        out: bytes = self.enc.update(head + rest)
+        self.last = out[-BLOCKLEN:]
+        return self.last
+
+
+_bcc = _BccChain()
 
 
 def block_cipher_df(input_string: bytes, number_of_bytes: int) -> bytes:
     """Block_Cipher_df of section 10.3.2, returning ``number_of_bytes`` bytes.
 
-    BCC (section 10.3.3) is a CBC-MAC with a zero IV, so each BCC call is the
-    last block of one CBC encryption; the final output loop ``X = E(K, X)`` is
-    a CBC encryption of zero blocks with IV ``X``.
+    BCC (section 10.3.3) is a CBC-MAC with a zero IV under the constant key
+    ``00 01 .. 1f``; see :class:`_BccChain` for why one context serves every
+    call.  The final output loop ``X = E(K, X)`` is a CBC encryption of zero
+    blocks with IV ``X``.
     """
     if len(input_string) > MAX_INPUT_LENGTH:
         raise DrbgError("derivation function input exceeds 2^32 - 1 bytes")
@@ -113,12 +140,8 @@ def block_cipher_df(input_string: bytes, number_of_bytes: int) -> bytes:
         + b"\x80"
     )
     s += bytes(-len(s) % BLOCKLEN)
-    temp = b""
-    i = 0
-    while len(temp) < SEEDLEN:
-        iv_block = i.to_bytes(4, "big") + bytes(BLOCKLEN - 4)
-        temp += _cbc_encrypt(_DF_KEY, iv_block + s)[-BLOCKLEN:]
-        i += 1
+    # SEEDLEN is three blocks, so exactly three BCC values make up ``temp``.
+    temp = b"".join([_bcc.mac(first, s) for first in _BCC_FIRST_BLOCKS])
     key, x = temp[:KEYLEN], temp[KEYLEN:SEEDLEN]
     nblocks = -(-number_of_bytes // BLOCKLEN)
     enc = Cipher(algorithms.AES(key), modes.CBC(x)).encryptor()

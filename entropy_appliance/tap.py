@@ -344,11 +344,11 @@ def makeService(options: Options) -> IService:
     """Build the service tree from validated options."""
     from twisted.internet import reactor
 
-    from entropy_appliance.core import build_core
+    from entropy_appliance.core import OrderedService, build_core
     from entropy_appliance.stream import StreamFactory
 
     spec: SourceSpec = options["source_spec"]
-    top = MultiService()
+    top = OrderedService()
     core = build_core(
         reactor,
         open_source(spec),
