@@ -32,6 +32,7 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
 from twisted.logger import Logger
 from twisted.python import usage
 

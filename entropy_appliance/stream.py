@@ -24,7 +24,7 @@ __all__ = ["StreamProtocol", "StreamFactory", "CHUNK_SIZE", "MAX_CLIENT_INPUT"]
 
 #: Bytes generated per resumeProducing: large enough to amortise the
 #: per-call overhead, small enough that a slow reader holds little memory.
-CHUNK_SIZE = 256 * 1024
+CHUNK_SIZE = 262144
 
 #: A client has nothing to say; past this many bytes it is disconnected.
 MAX_CLIENT_INPUT = 64 * 1024
@@ -45,7 +45,12 @@ class StreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         """Start producing as soon as the client connects."""
-        cast(IConsumer, self.transport).registerProducer(self, False)
+        transport = self.transport
+        # Twisted sends at most SEND_LIMIT bytes per writable event; one
+        # whole chunk per send halves the reactor turns per byte.
+        if getattr(transport, "SEND_LIMIT", self._chunk_size) < self._chunk_size:
+            transport.SEND_LIMIT = self._chunk_size  # type: ignore[union-attr]
+        cast(IConsumer, transport).registerProducer(self, False)
 
     def resumeProducing(self) -> None:
         """Write one chunk of DRBG output, or close if the pool fails closed."""
@@ -82,9 +87,19 @@ class StreamProtocol(Protocol):
         if self._received > MAX_CLIENT_INPUT and not self._done:
             self._finish()
 
+    def close(self) -> None:
+        """Stop producing and close the connection (the appliance is stopping)."""
+        if self.transport is None:
+            self._done = True
+            return
+        self._finish()
+
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         """Stop producing for good."""
         self._done = True
+        factory = self.factory
+        if isinstance(factory, StreamFactory):
+            factory.live.discard(self)
 
 
 class StreamFactory(Factory):
@@ -95,9 +110,19 @@ class StreamFactory(Factory):
     def __init__(self, pool: SeedPool, chunk_size: int = CHUNK_SIZE) -> None:
         self.pool = pool
         self.chunk_size = chunk_size
+        #: Open connections, so that a stop can close them.
+        self.live: set[StreamProtocol] = set()
 
     def buildProtocol(self, addr: IAddress | None) -> StreamProtocol:
         """A new stream for ``addr``."""
         p = StreamProtocol(self.pool, self.chunk_size)
         p.factory = self
+        self.live.add(p)
         return p
+
+    def close_all(self) -> int:
+        """Close every open stream; return how many there were."""
+        streams = list(self.live)
+        for p in streams:
+            p.close()
+        return len(streams)

@@ -14,6 +14,13 @@ TLS for the web endpoints: certificates, the context factory, ``ssl:`` endpoints
   :func:`parse_ssl_endpoint` reads the ``ssl:`` description itself
   (``ssl:PORT[:interface=..][:backlog=..][:privateKey=..][:certKey=..]``) and
   :func:`ssl_endpoint` builds an ``SSL4ServerEndpoint`` with our factory.
+- Any other stream endpoint (``systemd:``, ``tcp:``, ``unix:``) can carry
+  HTTPS too: :func:`parse_https_endpoint` keeps its description, and
+  :func:`ssl_endpoint` listens on it with the factory wrapped in
+  ``TLSMemoryBIOFactory``.
+- :class:`ReloadableContextFactory` serves every new handshake with the
+  current certificate; :meth:`~ReloadableContextFactory.reload` replaces it
+  (on SIGHUP) without touching established connections.
 """
 
 from __future__ import annotations
@@ -30,8 +37,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet.endpoints import SSL4ServerEndpoint
+from OpenSSL import SSL
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IOpenSSLContextFactory,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
 from twisted.internet.ssl import AcceptableCiphers, CertificateOptions, TLSVersion
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
 
 __all__ = [
     "DEFAULT_KEY",
@@ -43,7 +61,9 @@ __all__ = [
     "load_material",
     "fingerprint",
     "context_factory",
+    "ReloadableContextFactory",
     "parse_ssl_endpoint",
+    "parse_https_endpoint",
     "ssl_endpoint",
     "resolve_https",
 ]
@@ -194,15 +214,67 @@ def context_factory(material: TLSMaterial, h2: bool = True) -> CertificateOption
     )
 
 
+@implementer(IOpenSSLServerConnectionCreator, IOpenSSLContextFactory)
+class ReloadableContextFactory:
+    """
+    A server TLS connection creator whose key and certificate can be
+    replaced while it serves.
+
+    Each new handshake takes the current :class:`CertificateOptions`;
+    connections already established keep theirs, so a reload drops none.
+    """
+
+    def __init__(self, material: TLSMaterial, h2: bool = True) -> None:
+        self._h2 = h2
+        self.material = material
+        self._options = context_factory(material, h2)
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """A connection for one handshake, with the current certificate and ALPN."""
+        return self._options.serverConnectionForTLS(tlsProtocol)
+
+    def getContext(self) -> SSL.Context:
+        """The current context (for code that still asks for one)."""
+        return self._options.getContext()
+
+    def reload(self, now: datetime.datetime | None = None) -> TLSMaterial:
+        """
+        Read the key and certificate again from their paths and serve them
+        from the next handshake on.  Raises :class:`TLSConfigError` and keeps
+        the current pair when the new one is unusable.
+        """
+        material = load_material(self.material.key_path, self.material.cert_path, now)
+        options = context_factory(material, self._h2)
+        try:
+            # Build the context now, so that a pair OpenSSL refuses fails here
+            # rather than in the next client's handshake.
+            options.getContext()
+        except SSL.Error as e:
+            raise TLSConfigError(
+                f"OpenSSL refused the TLS key {material.key_path!r} with the certificate "
+                f"{material.cert_path!r}: {e}") from None
+        self._options = options
+        self.material = material
+        return material
+
+
 @dataclass(frozen=True)
 class SSLEndpointSpec:
-    """A parsed ``ssl:`` server endpoint description."""
+    """
+    A parsed HTTPS endpoint: an ``ssl:`` description, or (``wrapped`` set)
+    any other stream endpoint description to speak TLS on.
+    """
 
     port: int
     interface: str = ""
     backlog: int = 50
     private_key: str | None = None
     cert_key: str | None = None
+    wrapped: str | None = None
+
+    def describe(self) -> str:
+        """A short name for logs: ``port 8443`` or the wrapped description."""
+        return self.wrapped if self.wrapped is not None else f"port {self.port}"
 
 
 def _split(description: str) -> list[str]:
@@ -258,8 +330,41 @@ def parse_ssl_endpoint(description: str) -> SSLEndpointSpec:
     return SSLEndpointSpec(port, kwargs.get("interface", ""), backlog, key, cert)
 
 
-def ssl_endpoint(reactor: Any, spec: SSLEndpointSpec, factory: CertificateOptions) -> SSL4ServerEndpoint:
-    """The listening endpoint for ``spec``, serving TLS with ``factory``."""
+def parse_https_endpoint(description: str) -> SSLEndpointSpec:
+    """
+    Parse an HTTPS endpoint: ``ssl:...`` (see :func:`parse_ssl_endpoint`) or
+    any other server endpoint description (``systemd:domain=INET:name=https``,
+    ``tcp:8443``, ``unix:...``), on which TLS is spoken with the
+    ``--tls-key``/``--tls-cert`` pair.  The latter is only split here; the
+    caller checks it with ``serverFromString``.  Raises ValueError.
+    """
+    if _split(description)[0] == "ssl":
+        return parse_ssl_endpoint(description)
+    if ":" not in description:
+        raise ValueError("an HTTPS endpoint looks like ssl:PORT or TYPE:ARGS (e.g. systemd:...)")
+    return SSLEndpointSpec(0, wrapped=description)
+
+
+@implementer(IStreamServerEndpoint)
+class _TLSOverEndpoint:
+    """Listens on a plain stream endpoint, speaking TLS (server side) on it."""
+
+    def __init__(self, inner: IStreamServerEndpoint, creator: Any) -> None:
+        self._inner = inner
+        self._creator = creator
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """Listen with ``protocolFactory`` behind TLS."""
+        return self._inner.listen(TLSMemoryBIOFactory(self._creator, False, protocolFactory))
+
+
+def ssl_endpoint(reactor: Any, spec: SSLEndpointSpec, factory: Any) -> IStreamServerEndpoint:
+    """
+    The listening endpoint for ``spec``, serving TLS with ``factory`` (a
+    :class:`CertificateOptions` or :class:`ReloadableContextFactory`).
+    """
+    if spec.wrapped is not None:
+        return _TLSOverEndpoint(serverFromString(reactor, spec.wrapped), factory)
     return SSL4ServerEndpoint(reactor, spec.port, factory, backlog=spec.backlog,
                               interface=spec.interface)
 
