@@ -49,8 +49,10 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin, WrappingFactory
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import alsoProvides, implementer
@@ -69,6 +71,7 @@ __all__ = [
     "RateLimitedResource",
     "TooManyRequests",
     "InFlight",
+    "PeerGuard",
     "peer_key",
     "DEFAULT_PEER_STREAMS",
     "DEFAULT_PEER_RATE",
@@ -455,11 +458,13 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
     """One connection under the per-peer limits; see the module docstring."""
 
     factory: PeerLimitedFactory
+    # Any: the real transport's extras (abortConnection, producers) are used.
+    transport: Any
 
     def __init__(self, factory: PeerLimitedFactory, wrappedProtocol: Any, peer: str) -> None:
         super().__init__(factory, wrappedProtocol)
         self.peer = peer
-        self.callLater = factory.clock.callLater
+        self._clock = factory.clock
         self._gate: _ProducerGate | None = None
         self._throttled = False
         self._head_timeout = factory.policy.header_timeout if factory.http else 0.0
@@ -477,6 +482,10 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
     def SEND_LIMIT(self, value: int) -> None:  # noqa: N802
         self.transport.SEND_LIMIT = value
 
+    def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:  # noqa: N802
+        """TimeoutMixin's scheduler: the factory's clock."""
+        return self._clock.callLater(period, func)
+
     # -- life cycle -------------------------------------------------------
 
     def makeConnection(self, transport: Any) -> None:
@@ -487,7 +496,7 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
             self.factory.throttle.join(self.peer, self)
         super().makeConnection(transport)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Stop every timer and release the peer's slot."""
         self.setTimeout(None)
         self._cancel_head()
@@ -594,7 +603,7 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
             self._gate.unthrottle()
 
 
-class PeerLimitedFactory(WrappingFactory):
+class PeerLimitedFactory(WrappingFactory["PeerProtocol"]):
     """
     Wraps a factory (the raw stream's, or the Site) so that its connections
     obey the per-peer limits.  ``connections`` (``--peer-streams``) refuses a
@@ -639,3 +648,34 @@ class PeerLimitedFactory(WrappingFactory):
         if self.connections is not None:
             self.connections.release(p.peer)
 
+
+
+class PeerGuard:
+    """
+    The per-peer limits of one process, built once from a :class:`PeerPolicy`
+    and shared by every listener: one rate limiter, one bandwidth account,
+    one stream-connection count, one in-flight request count.
+    """
+
+    def __init__(self, policy: PeerPolicy, clock: IReactorTime) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.inflight = InFlight()
+        self.rate = PeerRateLimiter(policy.rate, clock) if policy.rate else None
+        self.throttle = (BandwidthThrottle(PeerBandwidth(policy.bandwidth, clock), clock)
+                         if policy.bandwidth else None)
+        self.stream_connections = PeerConnections(policy.streams) if policy.streams else None
+
+    def wrap_resource(self, resource: Resource,
+                      observe: Callable[[Request], None] | None = None) -> RateLimitedResource:
+        """The site's root resource behind ``--peer-rate`` and the in-flight count."""
+        return RateLimitedResource(resource, self.inflight, self.rate, observe)
+
+    def wrap_stream(self, factory: Any) -> PeerLimitedFactory:
+        """The raw stream's factory behind ``--peer-streams``, bandwidth and idle timeout."""
+        return PeerLimitedFactory(factory, self.clock, self.policy, http=False,
+                                  connections=self.stream_connections, throttle=self.throttle)
+
+    def wrap_http(self, site: Any) -> PeerLimitedFactory:
+        """The Site behind bandwidth, idle and request-head timeouts (TLS goes outside)."""
+        return PeerLimitedFactory(site, self.clock, self.policy, http=True, throttle=self.throttle)

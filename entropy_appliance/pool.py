@@ -140,6 +140,7 @@ class SeedPool:
         source_kind: str = "kernel",
         high_water: int | None = None,
         getpid: Callable[[], int] = os.getpid,
+        serving: bool = True,
     ) -> None:
         self._clock = clock
         self._health = health
@@ -155,6 +156,9 @@ class SeedPool:
         if self.high_water < self.instantiate_samples:
             raise ValueError("high-water mark is below one instantiation's seed")
         self._getpid = getpid
+        #: False in a parent that only relays seed material to workers: it
+        #: never instantiates a DRBG of its own.
+        self.serving = serving
         self._pid = getpid()
         self._buffer = bytearray()
         self._drbg: CtrDrbg | None = None
@@ -205,7 +209,7 @@ class SeedPool:
         self._source_state = self._health.state
         if self._health.state == "failed":
             self._health_failed(self._clock.seconds())
-        elif self._needs_seed():
+        elif self.serving and self._needs_seed():
             self._try_reseed(self._clock.seconds())
         self._pull()
 
@@ -296,11 +300,7 @@ class SeedPool:
             seed = self._take(self.reseed_samples)
             if seed is None:
                 return False
-            additional = b""
-            if self._getpid() != self._pid:
-                additional = self._personalization()
-            self._drbg.reseed(seed, additional_input=additional)
-        self._pid = self._getpid()
+            self._drbg.reseed(seed)
         self._last_reseed = now
         self._bytes_since_reseed = 0
         self.counters.reseeds += 1
@@ -316,8 +316,25 @@ class SeedPool:
         return (
             now - self._last_reseed >= self.policy.interval
             or self._bytes_since_reseed >= self.policy.max_bytes
-            or self._getpid() != self._pid
         )
+
+    def _forked(self) -> None:
+        """
+        This process is a fork of the one that made the DRBG and the buffer:
+        both are shared with the parent, so both are dropped, and the child
+        instantiates anew from samples it reads itself.
+        """
+        self.log.warn("fork detected (pid {old} -> {new}): discarding DRBG state and seed buffer",
+                      old=self._pid, new=self._getpid())
+        self._pid = self._getpid()
+        self._drbg = None
+        self._buffer.clear()
+        self._closed_reason = "process forked; waiting for fresh seed material"
+        self._pulling = False
+        after_fork = getattr(self._producer, "after_fork", None)
+        if after_fork is not None:
+            after_fork()
+        self._pull()
 
     def tick(self) -> None:
         """
@@ -326,6 +343,8 @@ class SeedPool:
         """
         now = self._clock.seconds()
         self._maybe_retry_health(now)
+        if not self.serving:
+            return
         if self._drbg is None or self._closed_reason is not None or self._reseed_due(now):
             self._reseed_or_close(now)
 
@@ -357,6 +376,8 @@ class SeedPool:
         if n < 0:
             raise ValueError("n must be >= 0")
         now = self._clock.seconds()
+        if self._getpid() != self._pid:
+            self._forked()
         if self._closed_reason is not None or self._drbg is None or self._reseed_due(now):
             self._reseed_or_close(now)
             if self._closed_reason is not None:
@@ -406,6 +427,22 @@ class SeedPool:
             raise PoolShort("the seed pool is too low to spare raw samples")
         out = bytes(self._buffer[:n])
         del self._buffer[:n]
+        self._pull()
+        return out
+
+    def take_seed(self, n: int) -> bytes:
+        """
+        Hand out up to ``n`` approved samples as seed material for another
+        process (a worker); they are consumed, so no two takers get the same
+        bytes.  Raises :class:`PoolShort` when none are buffered or the
+        source is failing.
+        """
+        if self._source_state == "failed" or not self._buffer:
+            self._pull()
+            raise PoolShort("no healthy seed material buffered")
+        out = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        self.counters.seed_draws += 1
         self._pull()
         return out
 

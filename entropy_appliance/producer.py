@@ -16,6 +16,7 @@ again.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -56,9 +57,15 @@ class ReaderThread:
             queue.SimpleQueue()
         )
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
     def __call__(self, job: Callable[[], bytes]) -> Deferred[bytes]:
         """Run ``job`` on the worker thread; fire the Deferred in the reactor."""
+        if self._pid != os.getpid():
+            # Threads do not survive fork(): start afresh in the child.
+            self._pid = os.getpid()
+            self._jobs = queue.SimpleQueue()
+            self._thread = None
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._work, name="entropy-source-reader", daemon=True
@@ -169,6 +176,13 @@ class SourceProducer:
     def _try_again(self) -> None:
         self._retry = None
         self.resumeProducing()
+
+    def after_fork(self) -> None:
+        """
+        In a forked child: a read in flight belonged to the parent's reader
+        thread, which does not exist here; forget it so reads can start.
+        """
+        self._reading = False
 
     def stopProducing(self) -> None:
         """Stop for good: cancel a pending retry and release the source."""

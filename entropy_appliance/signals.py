@@ -3,19 +3,14 @@ Signals: a graceful stop on SIGTERM/SIGINT, a TLS and log reload on SIGHUP.
 
 SIGTERM and SIGINT are twistd's: the reactor stops the service tree and,
 after a clean stop, twistd re-raises the signal (so an exit status of 143
-is as clean as 0).  What this module adds to the stop:
-
-- :class:`StagedMultiService` stops its children as ``MultiService`` does
-  (all at once, the last added first), except the ones named with
-  :meth:`~StagedMultiService.stop_last`, which stop once all the others
-  have.  The entropy pipeline is one of those, so responses finishing during
-  the drain still have seed material.
-- :class:`GracefulStop` closes the raw streams (they never end by
-  themselves) and holds the stop until the HTTP requests in flight have
-  finished, or until the deadline (``--shutdown-timeout``).  The listening
-  ports stop at the same moment, in their own services, so nothing new is
-  accepted.  What is still open at the deadline is cut when the reactor
-  disconnects everything.
+is as clean as 0).  The tree (``core.OrderedService``) stops its children
+one at a time, the last added first.  :class:`GracefulStop` is added right
+after the entropy pipeline, so it stops after every listener has stopped
+accepting and before the pipeline stops (responses finishing during the
+drain still have seed material).  It closes the raw streams (they never end
+by themselves) and holds the stop until the HTTP requests in flight have
+finished, or until the deadline (``--shutdown-timeout``).  What is still
+open at the deadline is cut when the reactor disconnects everything.
 
 SIGHUP (:class:`ReloadService`): the TLS key and certificate are read again
 from their files and served from the next handshake on; established
@@ -33,8 +28,8 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.logfile import BaseLogFile
@@ -43,7 +38,6 @@ from entropy_appliance import tls
 from entropy_appliance.limits import InFlight
 
 __all__ = [
-    "StagedMultiService",
     "GracefulStop",
     "ReloadService",
     "reload_tls",
@@ -57,38 +51,11 @@ DEFAULT_SHUTDOWN_TIMEOUT = 10.0
 _log = Logger()
 
 
-class StagedMultiService(MultiService):
-    """
-    A ``MultiService`` in which some children stop only after all the
-    others have finished stopping.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: list[IService] = []
-
-    def stop_last(self, service: IService) -> None:
-        """Stop ``service`` (a child) after every other child has stopped."""
-        self._last.append(service)
-
-    def stopService(self) -> Deferred[Any]:
-        """Stop the other children together, then the ``stop_last`` ones."""
-        Service.stopService(self)
-        children = list(self)  # type: ignore[call-overload]
-        children.reverse()
-        first = [maybeDeferred(s.stopService) for s in children if s not in self._last]
-        later = [s for s in children if s in self._last]
-
-        def then(_: object) -> Deferred[Any]:
-            return DeferredList([maybeDeferred(s.stopService) for s in later])
-
-        return DeferredList(first).addCallback(then)
-
-
 class GracefulStop(Service):
     """
     On stop: close the raw streams (``close_streams`` returns how many) and
     wait for the HTTP requests in flight, at most ``timeout`` seconds.
+    ``close_streams`` may be set after construction.
     """
 
     def __init__(self, inflight: InFlight, clock: IReactorTime, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
@@ -96,13 +63,13 @@ class GracefulStop(Service):
         self._inflight = inflight
         self._clock = clock
         self.timeout = timeout
-        self._close_streams = close_streams
+        self.close_streams = close_streams
 
     def stopService(self) -> Deferred[None] | None:
         """Close streams; return a Deferred that fires when HTTP has drained or time is up."""
         super().stopService()
-        if self._close_streams is not None:
-            closed = self._close_streams()
+        if self.close_streams is not None:
+            closed = self.close_streams()
             if closed:
                 _log.info("stopping: closed {n} raw stream connection(s)", n=closed)
         pending = self._inflight.count

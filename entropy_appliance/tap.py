@@ -18,6 +18,7 @@ from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
+from entropy_appliance.config import EnvironmentOptions
 from entropy_appliance.pool import ReseedPolicy
 from entropy_appliance.sources import DEFAULT_MIN_ENTROPY, SourceSpec, detect, open_source, parse_source
 
@@ -55,8 +56,11 @@ def _check_endpoint(option: str, description: str) -> None:
         ) from None
 
 
-class Options(usage.Options):
-    """Command-line options for ``twistd entropy``."""
+class Options(EnvironmentOptions):
+    """
+    Command-line options for ``twistd entropy``; each can also be given as
+    an ``ENTROPY_<OPTION>`` environment variable (see ``config.py``).
+    """
 
     synopsis = "[options]"
     longdesc = (
@@ -100,6 +104,22 @@ class Options(usage.Options):
          "With a launched tor: its data directory (default: a temporary one, removed on exit)."],
         ["tor-config", None, None,
          "With a launched tor: a torrc file included after our own lines (bridges, proxies, ...)."],
+        ["shutdown-timeout", None, "10",
+         "On SIGTERM/SIGINT, seconds that HTTP responses in flight get to finish."],
+        ["peer-streams", None, "64",
+         "Most concurrent raw-stream connections from one client IP (IPv6: one /64); "
+         "0: no limit."],
+        ["peer-rate", None, "200",
+         "HTTP requests per second per client IP, bursts of twice as many; past it, 429. "
+         "0: no limit."],
+        ["peer-bandwidth", None, "0",
+         "Bytes per second per client IP over all surfaces (K/M/G suffixes); 0: no limit."],
+        ["idle-timeout", None, "120",
+         "Close a connection after this many seconds with nothing read or written "
+         "(a raw-stream client that stops reading); 0: never."],
+        ["header-timeout", None, "15",
+         "Close an HTTP connection whose request head takes longer than this many seconds "
+         "(slowloris); 0: never."],
     ]
 
     optFlags: list[list[Any]] = [
@@ -135,6 +155,7 @@ class Options(usage.Options):
         self._reseed()
         self._web()
         self._onion()
+        self._limits()
 
     def _endpoints(self, name: str, given: list[str], default: list[str]) -> list[str]:
         values = given or default
@@ -213,12 +234,16 @@ class Options(usage.Options):
         specs = []
         for description in [] if https == ["none"] else https:
             try:
-                specs.append(tls.parse_ssl_endpoint(description))
+                spec = tls.parse_https_endpoint(description)
             except ValueError as e:
                 raise usage.UsageError(
                     f"--https {description!r}: {e}; use e.g. ssl:8443, "
-                    "ssl:8443:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=cert.pem, or none"
+                    "ssl:8443:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=cert.pem, "
+                    "systemd:domain=INET:name=https (TLS with --tls-key/--tls-cert), or none"
                 ) from None
+            if spec.wrapped is not None:
+                _check_endpoint("https", spec.wrapped)
+            specs.append(spec)
         self["https"] = https if specs else []
         try:
             self["https_listen"] = tls.resolve_https(specs, self["tls-key"], self["tls-cert"])
@@ -230,6 +255,43 @@ class Options(usage.Options):
             raise usage.UsageError(f"--max-bytes: {e}") from None
         if not 1 <= self["max-bytes"] <= 2 ** 40:
             raise usage.UsageError("--max-bytes: must be between 1 and 1T")
+
+    def _seconds(self, name: str, upper: float) -> float:
+        try:
+            value = float(self[name])
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0 <= value <= upper:
+            raise usage.UsageError(f"--{name} {self[name]!r}: must be seconds, 0 <= S <= {upper:g}")
+        return value
+
+    def _limits(self) -> None:
+        """Validate the shutdown deadline and the per-peer limits into ``peer_policy``."""
+        from entropy_appliance.limits import PeerPolicy
+
+        self["shutdown-timeout"] = self._seconds("shutdown-timeout", 3600)
+        try:
+            streams = int(self["peer-streams"])
+        except ValueError:
+            streams = -1
+        if not 0 <= streams <= 1_000_000:
+            raise usage.UsageError(
+                f"--peer-streams {self['peer-streams']!r}: must be an integer, 0 (no limit) or more")
+        try:
+            rate = float(self["peer-rate"])
+        except ValueError:
+            rate = math.nan
+        if not 0 <= rate <= 1e9:
+            raise usage.UsageError(
+                f"--peer-rate {self['peer-rate']!r}: must be requests per second, 0 (no limit) or more")
+        try:
+            bandwidth = _parse_size(str(self["peer-bandwidth"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--peer-bandwidth: {e}") from None
+        self["peer_policy"] = PeerPolicy(
+            streams=streams, rate=rate, bandwidth=bandwidth,
+            idle_timeout=self._seconds("idle-timeout", 86400),
+            header_timeout=self._seconds("header-timeout", 3600))
 
     def _onion(self) -> None:
         """Validate the onion options; the key is read (not yet created) here."""
@@ -314,9 +376,12 @@ def _onion_service(options: Options, reactor: Any, targets: dict[str, Any]) -> O
                         client_auth=options["onion-client-auth"])
 
 
-def _web_service(options: Options, reactor: Any, pool: Any, top: MultiService,
-                 status_extras: dict[str, Any] | None = None) -> tuple[Any, Any]:
-    """Serve ONE Site on every --http and --https endpoint; return (web app, site)."""
+def _web_service(options: Options, reactor: Any, pool: Any, top: MultiService, guard: Any,
+                 status_extras: dict[str, Any] | None = None) -> tuple[Any, Any, list[Any]]:
+    """
+    Serve ONE Site on every --http and --https endpoint, behind the per-peer
+    limits; return (web app, site, the reloadable TLS context factories).
+    """
     from twisted.application.internet import StreamServerEndpointService
     from twisted.logger import Logger
 
@@ -326,18 +391,26 @@ def _web_service(options: Options, reactor: Any, pool: Any, top: MultiService,
     log = Logger()
     web = EntropyWeb(pool, reactor, listeners=options["http"] + options["https"],
                      max_bytes=options["max-bytes"], status_extras=status_extras)
-    site = web.site(h2=not options["no-h2"])
+    policy = options["peer_policy"]
+    site = web.site(h2=not options["no-h2"], timeout=policy.idle_timeout or None)
+    site.resource = guard.wrap_resource(site.resource, observe=web.observe)
+    limited = guard.wrap_http(site)
     for endpoint in options["http"]:
-        strports.service(endpoint, site).setServiceParent(top)
+        strports.service(endpoint, limited).setServiceParent(top)
+    contexts: dict[tuple[str, str], tls.ReloadableContextFactory] = {}
     for spec, material, generated in options["https_listen"]:
         if generated:
             log.warn("generated a self-signed TLS certificate {cert} (key {key}, mode 0600)",
                      cert=material.cert_path, key=material.key_path)
-        log.info("HTTPS on port {port}: certificate {cert} SHA-256 fingerprint {fp}",
-                 port=spec.port, cert=material.cert_path, fp=tls.fingerprint(material.certificate))
-        factory = tls.context_factory(material, h2=not options["no-h2"])
-        StreamServerEndpointService(tls.ssl_endpoint(reactor, spec, factory), site).setServiceParent(top)
-    return web, site
+        log.info("HTTPS on {where}: certificate {cert} SHA-256 fingerprint {fp}",
+                 where=spec.describe(), cert=material.cert_path, fp=tls.fingerprint(material.certificate))
+        # One reloadable factory per key/certificate pair: SIGHUP reloads it.
+        factory = contexts.get((material.key_path, material.cert_path))
+        if factory is None:
+            factory = tls.ReloadableContextFactory(material, h2=not options["no-h2"])
+            contexts[(material.key_path, material.cert_path)] = factory
+        StreamServerEndpointService(tls.ssl_endpoint(reactor, spec, factory), limited).setServiceParent(top)
+    return web, site, list(contexts.values())
 
 
 def makeService(options: Options) -> IService:
@@ -360,16 +433,27 @@ def makeService(options: Options) -> IService:
     core.setServiceParent(top)
     pool = core.pool
 
+    from entropy_appliance.limits import PeerGuard
+    from entropy_appliance.signals import GracefulStop, ReloadService
+
+    guard = PeerGuard(options["peer_policy"], reactor)
+    # Right after the pipeline, so it stops after every listener and before
+    # the pipeline: it closes the raw streams and lets HTTP responses finish.
+    graceful = GracefulStop(guard.inflight, reactor, options["shutdown-timeout"])
+    graceful.setServiceParent(top)
+
     stream_factory = StreamFactory(pool)
+    graceful.close_streams = stream_factory.close_all
     for endpoint in options["stream"]:
-        strports.service(endpoint, stream_factory).setServiceParent(top)
+        strports.service(endpoint, guard.wrap_stream(stream_factory)).setServiceParent(top)
 
     # The onion service is built before the web app (whose /v1/status shows
     # it) and is given the Site afterwards; it reads its targets on start.
     onion_targets: dict[str, Any] = {"stream": stream_factory}
     onion = _onion_service(options, reactor, onion_targets) if options["onion"] else None
-    web, site = _web_service(options, reactor, pool, top,
-                             status_extras={"onion": onion.status} if onion is not None else None)
+    web, site, tls_contexts = _web_service(
+        options, reactor, pool, top, guard,
+        status_extras={"onion": onion.status} if onion is not None else None)
     if onion is not None:
         onion_targets["http"] = site
         # Added last, so stopped first: DEL_ONION while the listeners still serve.
@@ -379,6 +463,7 @@ def makeService(options: Options) -> IService:
     # (READY=1) and stops first (STOPPING=1).  Without $NOTIFY_SOCKET it is silent.
     from entropy_appliance.systemd import NotifyService
 
+    ReloadService(reactor, tls_contexts).setServiceParent(top)
     NotifyService(pool.status, reactor).setServiceParent(top)
 
     return top

@@ -339,3 +339,35 @@ def test_never_serves_from_unseeded_when_source_is_bad_from_start() -> None:
         with pytest.raises(FailClosed):
             pool.random_bytes(1)
     assert pool.status()["drbg"]["reseeds"] == 0
+
+
+def test_real_fork_child_never_repeats_parent_output() -> None:
+    """After os.fork() both processes hold the same DRBG state in memory;
+    the child must drop it and seed itself before its first output."""
+    from entropy_appliance.sources import KernelSource
+
+    clock = Clock()
+    pool = SeedPool(clock, HealthTests(8.0), ReseedPolicy())
+    producer = SourceProducer(KernelSource(), pool, sync_run, clock, chunk_size=1024)
+    producer.start()
+    pool.random_bytes(32)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.write(w, pool.random_bytes(4096))
+        finally:
+            os._exit(0)
+    os.close(w)
+    parent = pool.random_bytes(4096)
+    child = b""
+    while len(child) < 4096:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        child += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert len(child) == 4096
+    blocks = {parent[i:i + 16] for i in range(0, 4096, 16)}
+    assert not any(child[i:i + 16] in blocks for i in range(0, 4096, 16))
