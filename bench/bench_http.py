@@ -3,7 +3,7 @@ Benchmark: the HTTP surface under wrk, against Debian's pollen server in the sam
 
 Run as root from the repo root::
 
-    .venv/bin/python bench/bench_http.py [--seconds 5] [--connections 32] [--profile]
+    .venv/bin/python bench/bench_http.py [--seconds 5] [--connections 32] [--workers N] [--profile]
 
 The script re-runs itself inside a private network namespace and mount
 namespace (``unshare -n -m``): only loopback exists there (pollen binds all
@@ -17,6 +17,9 @@ one process, kernel source) and runs wrk against both:
 - keep-alive ``GET /v1/random?bytes=64`` req/s, http and https;
 - ``GET /v1/random?bytes=1048576`` MB/s, http and https.
 
+The appliance runs with ``--peer-rate 0`` (every request comes from one
+address) and, given ``--workers N``, with ``--workers N`` when its version
+has that option.
 ``--profile`` runs the appliance under cProfile during the POST run and
 prints the top functions.  Figures are printed, never asserted.
 """
@@ -92,6 +95,13 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
     return float(rps.group(1)), float(tps.group(1)) * UNITS[tps.group(2).upper()]
 
 
+def supported(option: str) -> bool:
+    """Whether ``twist entropy`` of this checkout knows ``option``."""
+    out = subprocess.run([sys.executable, "-m", "twisted", "entropy", "--help"], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60).stdout
+    return option in out
+
+
 def syslog_sink(path: str) -> None:
     """A datagram socket at ``path`` that swallows syslog lines."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -130,6 +140,15 @@ def inner(args: argparse.Namespace) -> None:
         argv += ["--log-format=text", "--log-level=warn", "entropy", "--source",
                  "kernel", "--stream", "none", "--http", f"tcp:{a_http}:interface=127.0.0.1",
                  "--https", f"ssl:{a_https}:interface=127.0.0.1"]
+        if supported("--peer-rate"):
+            argv += ["--peer-rate", "0"]
+        processes = "one process"
+        if args.workers is not None:
+            if supported("--workers"):
+                argv += ["--workers", str(args.workers)]
+                processes = f"--workers {args.workers}"
+            else:
+                print(f"this appliance has no --workers option; --workers {args.workers} ignored")
         app = subprocess.Popen(argv, cwd=tmp, env=env, stdout=open(tmp / "app.log", "wb"),
                                stderr=subprocess.STDOUT)
         procs.append(app)
@@ -144,7 +163,7 @@ def inner(args: argparse.Namespace) -> None:
             f'wrk.body = "challenge={challenge}"\n'
             'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n')
         s, c = args.seconds, args.connections
-        print(f"wrk -t1 -c{c} -d{s}s; appliance: one process; host CPUs: {os.cpu_count()}")
+        print(f"wrk -t1 -c{c} -d{s}s; appliance: {processes}; host CPUs: {os.cpu_count()}")
         pollen_rps, _ = wrk(f"http://127.0.0.1:{p_http}/", s, c, post)
         app_rps, _ = wrk(f"http://127.0.0.1:{a_http}/", s, c, post)
         print(f"POST / pollinate-style   pollen {pollen_rps:10.0f} req/s   appliance {app_rps:10.0f} req/s"
@@ -182,6 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=None, help="pass --workers N to the appliance")
     parser.add_argument("--profile", action="store_true", help="profile the appliance in the POST run")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -193,6 +213,8 @@ def main() -> None:
             sys.exit(f"{tool} is not installed (apt install wrk pollen util-linux iproute2)")
     argv = ["unshare", "-n", "-m", sys.executable, __file__, "--inner", "--seconds", str(args.seconds),
             "--connections", str(args.connections)] + (["--profile"] if args.profile else [])
+    if args.workers is not None:
+        argv += ["--workers", str(args.workers)]
     sys.exit(subprocess.run(argv).returncode)
 
 

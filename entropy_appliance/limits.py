@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -340,11 +341,22 @@ class RateLimitedResource(Resource):
                 body = write_problem(request, TooManyRequests(
                     "this client has made too many requests; slow down and retry after "
                     "the number of seconds in Retry-After", wait))
+                # twisted.web has no reason phrase for 429 of its own.
+                request.setResponseCode(TooManyRequests.status, TooManyRequests.title.encode())
                 if self._observe is not None:
                     self._observe(request)
                 return body
         self._inflight.begin(request)
         return self._wrapped.render(request)
+
+    def admit(self, address: IAddress | None) -> bool:
+        """
+        For the Site's inline fast path (answered before this call returns,
+        so nothing stays in flight): count one request from ``address`` and
+        return True, or return False past the rate, counting nothing, so that
+        :meth:`render` answers it with the 429.
+        """
+        return self._limiter is None or not self._limiter.check(peer_key(address))
 
 
 @implementer(IPushProducer, IPullProducer)
@@ -386,6 +398,11 @@ class _ProducerGate:
             return
         self._throttled = True
         if self.streaming and not self._paused_by_transport:
+            self.producer.pauseProducing()
+
+    def hold(self) -> None:
+        """Pause a push producer again: one registered later may have been missed."""
+        if self._throttled and self.streaming:
             self.producer.pauseProducing()
 
     def unthrottle(self) -> None:
@@ -446,6 +463,8 @@ class BandwidthThrottle:
             return
         del self._timers[peer]
         for p in list(self._members.get(peer, ())):
+            if peer in self._timers:
+                break  # what an earlier connection wrote put the peer in debt again
             p.unthrottle()
 
 
@@ -576,6 +595,10 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
         self._wrote = True
         if self.factory.throttle is not None:
             self.factory.throttle.wrote(self.peer, n)
+            if self._throttled and self._gate is not None:
+                # An HTTP channel passes a pause on to the response producer
+                # of the moment only; a response begun since must hear it too.
+                self._gate.hold()
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         """Register ``producer`` on the transport behind a gate that throttling can close."""
@@ -589,6 +612,15 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
         """Unregister the producer (and its gate)."""
         self._gate = None
         self.transport.unregisterProducer()
+
+    def close_when_flushed(self) -> None:
+        """Close once the buffered output is sent, whatever the protocol above is doing."""
+        if self._gate is not None:
+            # A transport with a paused producer never finishes closing: it
+            # resumes the producer instead.  Nothing more is to be produced.
+            self._gate = None
+            self.transport.unregisterProducer()
+        self.loseConnection()
 
     def throttle(self) -> None:
         """The peer is past its bandwidth: hold the producer back."""
@@ -623,6 +655,7 @@ class PeerLimitedFactory(WrappingFactory["PeerProtocol"]):
         self.http = http
         self.connections = connections
         self.throttle = throttle
+        self._all_closed: list[Deferred[None]] = []
         if IProtocolNegotiationFactory.providedBy(wrappedFactory):
             # TLS asks the factory it wraps (this one) for the ALPN protocols.
             self.acceptableProtocols = wrappedFactory.acceptableProtocols
@@ -647,6 +680,26 @@ class PeerLimitedFactory(WrappingFactory["PeerProtocol"]):
         super().unregisterProtocol(p)
         if self.connections is not None:
             self.connections.release(p.peer)
+        if not self.protocols and self._all_closed:
+            waiting, self._all_closed = self._all_closed, []
+            for d in waiting:
+                d.callback(None)
+
+    def close_all(self) -> Deferred[None]:
+        """
+        Close every connection after its buffered output is sent; the
+        Deferred fires once all are closed.  For a stop, once no request is
+        in flight: the reactor's own final disconnect would drop what is
+        still buffered.
+        """
+        d: Deferred[None] = Deferred()
+        if not self.protocols:
+            d.callback(None)
+            return d
+        self._all_closed.append(d)
+        for p in list(self.protocols):
+            p.close_when_flushed()
+        return d
 
 
 
@@ -665,6 +718,12 @@ class PeerGuard:
         self.throttle = (BandwidthThrottle(PeerBandwidth(policy.bandwidth, clock), clock)
                          if policy.bandwidth else None)
         self.stream_connections = PeerConnections(policy.streams) if policy.streams else None
+        self._http: list[PeerLimitedFactory] = []
+
+    def close_http(self) -> Deferred[None]:
+        """Close every HTTP connection once flushed (see :meth:`PeerLimitedFactory.close_all`)."""
+        d = DeferredList([f.close_all() for f in self._http])
+        return d.addCallback(lambda _: None)
 
     def wrap_resource(self, resource: Resource,
                       observe: Callable[[Request], None] | None = None) -> RateLimitedResource:
@@ -678,4 +737,6 @@ class PeerGuard:
 
     def wrap_http(self, site: Any) -> PeerLimitedFactory:
         """The Site behind bandwidth, idle and request-head timeouts (TLS goes outside)."""
-        return PeerLimitedFactory(site, self.clock, self.policy, http=True, throttle=self.throttle)
+        factory = PeerLimitedFactory(site, self.clock, self.policy, http=True, throttle=self.throttle)
+        self._http.append(factory)
+        return factory

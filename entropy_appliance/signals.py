@@ -53,17 +53,20 @@ _log = Logger()
 
 class GracefulStop(Service):
     """
-    On stop: close the raw streams (``close_streams`` returns how many) and
-    wait for the HTTP requests in flight, at most ``timeout`` seconds.
-    ``close_streams`` may be set after construction.
+    On stop: close the raw streams (``close_streams`` returns how many),
+    wait for the HTTP requests in flight, then close the HTTP connections
+    once their output is sent (``close_http``); all within ``timeout``
+    seconds.  ``close_streams`` may be set after construction.
     """
 
     def __init__(self, inflight: InFlight, clock: IReactorTime, timeout: float = DEFAULT_SHUTDOWN_TIMEOUT,
-                 close_streams: Callable[[], int] | None = None) -> None:
+                 close_streams: Callable[[], int] | None = None,
+                 close_http: Callable[[], Deferred[None]] | None = None) -> None:
         self._inflight = inflight
         self._clock = clock
         self.timeout = timeout
         self.close_streams = close_streams
+        self._close_http = close_http
 
     def stopService(self) -> Deferred[None] | None:
         """Close streams; return a Deferred that fires when HTTP has drained or time is up."""
@@ -73,22 +76,32 @@ class GracefulStop(Service):
             if closed:
                 _log.info("stopping: closed {n} raw stream connection(s)", n=closed)
         pending = self._inflight.count
-        if pending == 0:
+        if pending == 0 and self._close_http is None:
             return None
-        _log.info("stopping: waiting up to {t} s for {n} HTTP response(s) in flight",
-                  t=self.timeout, n=pending)
+        if pending:
+            _log.info("stopping: waiting up to {t} s for {n} HTTP response(s) in flight",
+                      t=self.timeout, n=pending)
         done: Deferred[None] = Deferred()
 
-        def drained() -> None:
+        def finished(_: object) -> None:
             if not done.called:
                 timer.cancel()
-                _log.info("stopping: every HTTP response in flight has finished")
                 done.callback(None)
+
+        def drained() -> None:
+            if done.called:
+                return
+            if pending:
+                _log.info("stopping: every HTTP response in flight has finished")
+            if self._close_http is None:
+                finished(None)
+            else:
+                self._close_http().addCallback(finished)
 
         def deadline() -> None:
             if not done.called:
-                _log.warn("stopping: {n} HTTP response(s) still in flight after {t} s are cut short",
-                          n=self._inflight.count, t=self.timeout)
+                _log.warn("stopping: after {t} s, {n} HTTP response(s) still in flight and any "
+                          "unsent output are cut short", n=self._inflight.count, t=self.timeout)
                 done.callback(None)
 
         timer = self._clock.callLater(self.timeout, deadline)

@@ -27,8 +27,15 @@ from typing import Any, cast
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
-    IConsumer, IDelayedCall, IListeningPort, IProtocolFactory, IPullProducer,
-    IReactorProcess, IReactorSocket, IReactorTime, IStreamServerEndpoint,
+    IConsumer,
+    IDelayedCall,
+    IListeningPort,
+    IProtocolFactory,
+    IPullProducer,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorTime,
+    IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.internet.task import LoopingCall

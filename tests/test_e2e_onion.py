@@ -20,7 +20,6 @@ import signal
 import socket
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -30,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from tests.tornet import TorNetwork, free_port, rss_bytes
+from tests.tornet import TorNetwork, rss_bytes
+from tests.twistd_helpers import Appliance, start_appliance
 
 pytestmark = [
     pytest.mark.tor,
@@ -38,8 +38,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("tor") is None, reason="needs Debian's tor (apt install tor)"),
 ]
 
-ROOT = Path(__file__).resolve().parent.parent
-TWISTD = [str(Path(sys.executable).parent / "twistd")]
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float, interval: float = 0.2) -> Any:
@@ -53,66 +51,32 @@ def _wait_for(what: str, check: Callable[[], Any], timeout: float, interval: flo
         time.sleep(interval)
 
 
-# --- an appliance in a subprocess -------------------------------------------------
+# --- an appliance in a subprocess (tests/twistd_helpers.py) ---------------------------
 
 
-class Appliance:
-    """``twistd -n entropy`` on free loopback ports, in its own directory."""
+def _status(app: Appliance) -> dict[str, Any] | None:
+    """``/v1/status``, or None if it does not answer right now."""
+    if app.process.poll() is not None:
+        raise AssertionError(f"the appliance exited ({app.process.returncode}):\n{app.log()[-4000:]}")
+    try:
+        with urllib.request.urlopen(app.url("http", "/v1/status"), timeout=2) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
 
-    def __init__(self, workdir: Path, args: list[str]) -> None:
-        self.workdir = workdir
-        self.http = free_port()
-        self.stream = free_port()
-        self.log = workdir / "twistd.log"
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.process = subprocess.Popen(
-            [*TWISTD, "-n", "--pidfile=", "--logfile", str(self.log), "entropy", "--source", "kernel",
-             "--http", f"tcp:{self.http}:interface=127.0.0.1",
-             "--stream", f"tcp:{self.stream}:interface=127.0.0.1", "--https", "none", *args],
-            cwd=workdir, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-    def status(self) -> dict[str, Any] | None:
-        """``/v1/status``, or None while the site is not up."""
-        if self.process.poll() is not None:
-            raise AssertionError(f"twistd exited ({self.process.returncode}):\n{self.output()}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/v1/status", timeout=2) as r:
-                return json.loads(r.read())
-        except OSError:
-            return None
+def _onion(app: Appliance) -> dict[str, Any]:
+    status = _status(app)
+    assert status is not None
+    return status["onion"]
 
-    def onion(self) -> dict[str, Any]:
-        status = self.status()
-        assert status is not None
-        return status["onion"]
 
-    def wait_for_address(self, timeout: float = 30) -> str:
-        """The onion address once tor has accepted the service."""
-        def address() -> str | None:
-            status = self.status()
-            return status["onion"]["address"] if status else None
-        return str(_wait_for("the onion address in /v1/status", address, timeout))
-
-    def output(self) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        if self.process.poll() is not None and self.process.stdout is not None:
-            text += self.process.stdout.read().decode(errors="replace")
-        return text[-4000:]
-
-    def stop(self) -> bool:
-        """SIGTERM (SIGKILL after 20 s); True if it shut down cleanly."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        # twistd ends a clean SIGTERM shutdown by re-raising the signal.
-        return self.process.returncode in (0, -signal.SIGTERM)
+def _wait_for_address(app: Appliance, timeout: float = 30) -> str:
+    """The onion address, once tor has accepted the service."""
+    def address() -> str | None:
+        status = _status(app)
+        return status["onion"]["address"] if status else None
+    return str(_wait_for("the onion address in /v1/status", address, timeout))
 
 
 @pytest.fixture
@@ -130,7 +94,7 @@ def appliances() -> Iterator[Callable[[Path, list[str]], Appliance]]:
     started: list[Appliance] = []
 
     def start(workdir: Path, args: list[str]) -> Appliance:
-        a = Appliance(workdir, args)
+        a = start_appliance(workdir, "--source", "kernel", "--https", "none", *args)
         started.append(a)
         return a
 
@@ -138,7 +102,11 @@ def appliances() -> Iterator[Callable[[Path, list[str]], Appliance]]:
         yield start
     finally:
         for a in started:
-            a.stop()
+            if a.process.poll() is None:
+                try:
+                    a.stop(timeout=20)
+                except AssertionError:
+                    pass  # the test's own failure is the one to report
 
 
 # --- a shared tor without network ----------------------------------------------------
@@ -228,28 +196,28 @@ def test_shared_tor_address_at_once_stable_and_removed_on_shutdown(
     control = shared_tor.client()
     try:
         first = appliances(workdir, args)
-        address = first.wait_for_address(timeout=30)
+        address = _wait_for_address(first, timeout=30)
         assert address.endswith(".onion") and len(address) == 62
-        onion = first.onion()
+        onion = _onion(first)
         assert onion["state"] == "starting"  # no network: never published, never blocked on it
         assert onion["ports"] == {"80": "http", "9000": "stream"}
         # The key was created private, under certs/ by default.
         key = workdir / "certs" / "onion_ed25519.key"
         assert key.stat().st_mode & 0o777 == 0o600
         # The site and the stream did not wait for tor.
-        assert first.status() is not None
-        with socket.create_connection(("127.0.0.1", first.stream), timeout=5) as s:
+        assert _status(first) is not None
+        with socket.create_connection(("127.0.0.1", first.ports["stream"]), timeout=5) as s:
             assert len(s.recv(64)) > 0
 
         service_id = address.removesuffix(".onion")
         assert service_id in control.detached_onions()
-        assert first.stop()
+        first.stop(timeout=20)  # asserts a clean exit
         assert service_id not in control.detached_onions()
 
         second = appliances(workdir, args)
-        assert second.wait_for_address(timeout=30) == address
+        assert _wait_for_address(second, timeout=30) == address
         assert service_id in control.detached_onions()
-        assert second.stop()
+        second.stop(timeout=20)  # asserts a clean exit
         assert service_id not in control.detached_onions()
     finally:
         control.close()
@@ -261,13 +229,13 @@ def test_leftover_service_from_a_crash_is_replaced(
     control = shared_tor.client()
     try:
         crashed = appliances(workdir, args)
-        address = crashed.wait_for_address()
+        address = _wait_for_address(crashed)
         crashed.process.kill()  # no clean shutdown: the detached service stays in tor
         crashed.process.wait(timeout=10)
         assert address.removesuffix(".onion") in control.detached_onions()
         again = appliances(workdir, args)
-        assert again.wait_for_address() == address
-        assert again.stop()
+        assert _wait_for_address(again) == address
+        again.stop(timeout=20)  # asserts a clean exit
         assert address.removesuffix(".onion") not in control.detached_onions()
     finally:
         control.close()
@@ -286,30 +254,25 @@ def test_client_authorization_accepted_by_tor(
     (auth / "laptop.auth").write_text(f"descriptor:x25519:{b32}\n")
     a = appliances(workdir, ["--onion", "--tor-control", f"unix:{shared_tor.control}",
                              "--onion-client-auth", str(auth)])
-    a.wait_for_address()
-    assert a.onion()["client_auth"] == 1
-    assert a.stop()
+    _wait_for_address(a)
+    assert _onion(a)["client_auth"] == 1
+    a.stop(timeout=20)  # asserts a clean exit
 
 
 def test_corrupt_key_is_a_startup_error_and_is_kept(
         workdir: Path, shared_tor: SharedTor, appliances: Callable[[Path, list[str]], Appliance]) -> None:
     key = workdir / "broken.key"
     key.write_bytes(b"== ed25519v1-secret: type0 ==\0\0\0 truncated")
-    a = appliances(workdir, ["--onion", "--tor-control", f"unix:{shared_tor.control}",
+    with pytest.raises(RuntimeError, match="corrupt"):
+        appliances(workdir, ["--onion", "--tor-control", f"unix:{shared_tor.control}",
                              "--onion-key", str(key)])
-    assert a.process.wait(timeout=30) != 0
-    assert a.process.stdout is not None
-    out = a.process.stdout.read().decode(errors="replace")
-    assert "corrupt" in out
     assert key.read_bytes() == b"== ed25519v1-secret: type0 ==\0\0\0 truncated"
 
 
 def test_missing_tor_binary_is_a_startup_error(
         workdir: Path, appliances: Callable[[Path, list[str]], Appliance]) -> None:
-    a = appliances(workdir, ["--onion", "--tor-binary", str(workdir / "no-such-tor")])
-    assert a.process.wait(timeout=30) != 0
-    assert a.process.stdout is not None
-    assert "apt install tor" in a.process.stdout.read().decode(errors="replace")
+    with pytest.raises(RuntimeError, match="apt install tor"):
+        appliances(workdir, ["--onion", "--tor-binary", str(workdir / "no-such-tor")])
 
 
 # --- a tor the appliance launches -------------------------------------------------------
@@ -329,20 +292,20 @@ def test_launched_tor_is_relaunched_when_it_dies_and_stopped_with_us(
     extra = workdir / "extra-torrc"
     extra.write_text(f"DisableNetwork 1\nPidFile {data_dir / 'tor.pid'}\n")
     a = appliances(workdir, ["--onion", "--tor-config", str(extra), "--tor-data-dir", str(data_dir)])
-    address = a.wait_for_address(timeout=60)
-    assert a.onion()["tor"] == "launched"
+    address = _wait_for_address(a, timeout=60)
+    assert _onion(a)["tor"] == "launched"
     pid = _wait_for("the launched tor's pid file", lambda: _tor_pid(data_dir), 10)
 
     os.kill(pid, signal.SIGKILL)
-    _wait_for("the state to say tor is gone", lambda: a.onion()["state"] == "failed", 10, 0.05)
-    assert a.onion()["address"] == address
-    assert a.status() is not None  # the site keeps serving
+    _wait_for("the state to say tor is gone", lambda: _onion(a)["state"] == "failed", 10, 0.05)
+    assert _onion(a)["address"] == address
+    assert _status(a) is not None  # the site keeps serving
     new_pid = _wait_for("a relaunched tor", lambda: (_tor_pid(data_dir) or pid) != pid and _tor_pid(data_dir),
                         30)
-    _wait_for("the service re-added", lambda: a.onion()["state"] == "starting"
-              and "accepted" in a.onion()["detail"], 60)
+    _wait_for("the service re-added", lambda: _onion(a)["state"] == "starting"
+              and "accepted" in _onion(a)["detail"], 60)
 
-    assert a.stop()
+    a.stop(timeout=20)  # asserts a clean exit
     _wait_for("the launched tor to exit", lambda: not Path(f"/proc/{new_pid}").exists(), 15)
 
 
@@ -405,7 +368,7 @@ def test_site_and_stream_through_a_private_tor_network(
             a = appliances(base, ["--onion", "--tor-config", str(net.network_config(base / "tornet.torrc")),
                                   "--tor-data-dir", str(appliance_tor)])
             socks = net.add_client()
-            address = a.wait_for_address(timeout=60)
+            address = _wait_for_address(a, timeout=60)
 
             status, body, tries = 0, b"", 0
             while time.monotonic() < deadline:
@@ -430,11 +393,15 @@ def test_site_and_stream_through_a_private_tor_network(
             assert len(set(streamed)) > 200  # bytes, not a constant
 
             # published once tor reported a descriptor upload
-            _wait_for("state published", lambda: a.onion()["state"] == "published", 60)
+            _wait_for("state published", lambda: _onion(a)["state"] == "published", 60)
 
             appliance_tor_pid = _tor_pid_from_dir(appliance_tor)
             pids = net.pids() + [a.process.pid] + ([appliance_tor_pid] if appliance_tor_pid else [])
             memory = sum(rss_bytes(p) for p in pids)
+            a.stop(timeout=20)  # asserts a clean exit
+            if appliance_tor_pid:
+                gone = Path(f"/proc/{appliance_tor_pid}")
+                _wait_for("the launched tor to exit", lambda: not gone.exists(), 15)
             print(f"\ntor network: consensus {consensus:.1f} s, first onion fetch {fetched:.1f} s after "
                   f"launch ({tries} tries), {len(pids)} processes, RSS {memory / 2**20:.0f} MiB")
     finally:

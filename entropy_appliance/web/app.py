@@ -43,6 +43,7 @@ from entropy_appliance import __version__
 from entropy_appliance.pool import FailClosed, IClock, SeedPool
 from entropy_appliance.web import errors, openapi
 from entropy_appliance.web.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
+from entropy_appliance.web.fastpath import FastRoutes, fast_channel_protocol
 from entropy_appliance.web.formats import DEFAULT_FORMAT, FORMATS, Format
 from entropy_appliance.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from entropy_appliance.web.metrics import WebMetrics
@@ -135,13 +136,21 @@ class EntropySite(Site):
     The one Site of the process.  It writes no access-log line per request
     (costly at tens of thousands of requests a second, and a record of who
     fetched randomness); requests are counted in the metrics instead.
+
+    Its HTTP/1.1 channels answer plain ``POST /`` and small
+    ``GET /v1/random`` requests without a ``Request`` object, through
+    :attr:`fast` (see :mod:`entropy_appliance.web.fastpath`); None turns that
+    off, and every request takes the resource path.
     """
 
     displayTracebacks = False
+    protocol = fast_channel_protocol
 
-    def __init__(self, resource: Any, h2: bool = True, **kwargs: Any) -> None:
+    def __init__(self, resource: Any, h2: bool = True, fast: FastRoutes | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self._h2 = h2
+        self.fast = fast
 
     def acceptableProtocols(self) -> list[bytes]:
         """
@@ -153,6 +162,23 @@ class EntropySite(Site):
 
     def log(self, request: Any) -> None:
         """No access log; see the class docstring."""
+
+    def admit_fast(self, channel: Any) -> bool:
+        """
+        Whether the fast path may answer a request on ``channel`` itself.
+
+        Per-request policy lives on the root resource.  Our own
+        :class:`FrontResource` has none.  A resource put in front of it (the
+        per-peer rate limit) takes part through ``admit(peer_address)``,
+        which counts the request when it returns True; on False the request
+        takes the normal path, where that resource answers it in full (429).
+        A front resource without ``admit`` turns the fast path off.
+        """
+        resource = self.resource
+        if isinstance(resource, FrontResource):
+            return True
+        admit = getattr(resource, "admit", None)
+        return admit is not None and bool(admit(channel.transport.getPeer()))
 
 
 class FrontResource(Resource):
@@ -221,7 +247,12 @@ class EntropyWeb:
 
     def site(self, h2: bool = True, **kwargs: Any) -> Site:
         """The one Site to serve on every web endpoint (``h2=False``: no HTTP/2 by ALPN)."""
-        return EntropySite(self.resource(), h2=h2, **kwargs)
+        return EntropySite(self.resource(), h2=h2, fast=self.fast_routes(), **kwargs)
+
+    def fast_routes(self) -> FastRoutes:
+        """The inline answers of the Site's HTTP/1.1 fast path, over this app's state."""
+        return FastRoutes(self.pool, self.clock, self.rng_header_items,
+                          self.metrics.observe, self.max_bytes)
 
     def observe(self, request: Any) -> None:
         """Count one finished request by route (known paths only), method and status."""
@@ -236,17 +267,24 @@ class EntropyWeb:
 
     # -- shared helpers -------------------------------------------------------
 
-    def rng_headers(self, request: Request) -> None:
-        """Set the headers every random response carries."""
+    def rng_header_items(self) -> list[tuple[bytes, bytes]]:
+        """The headers every random response carries, in order."""
         pool = self.pool
         age = pool.reseed_age()
-        request.setHeader(b"Cache-Control", b"no-store")
-        request.setHeader(b"X-Content-Type-Options", b"nosniff")
-        request.setHeader(b"X-RNG-Source", pool.source_name.encode())
-        request.setHeader(b"X-RNG-Source-Kind", pool.source_kind.encode())
-        request.setHeader(b"X-RNG-DRBG", b"CTR_DRBG AES-256")
-        request.setHeader(b"X-RNG-Reseed-Age-ms", b"%d" % round(1000 * (age or 0.0)))
-        request.setHeader(b"X-RNG-Reseed-Interval-ms", b"%d" % round(1000 * pool.policy.interval))
+        return [
+            (b"Cache-Control", b"no-store"),
+            (b"X-Content-Type-Options", b"nosniff"),
+            (b"X-RNG-Source", pool.source_name.encode()),
+            (b"X-RNG-Source-Kind", pool.source_kind.encode()),
+            (b"X-RNG-DRBG", b"CTR_DRBG AES-256"),
+            (b"X-RNG-Reseed-Age-ms", b"%d" % round(1000 * (age or 0.0))),
+            (b"X-RNG-Reseed-Interval-ms", b"%d" % round(1000 * pool.policy.interval)),
+        ]
+
+    def rng_headers(self, request: Request) -> None:
+        """Set the headers every random response carries."""
+        for name, value in self.rng_header_items():
+            request.setHeader(name, value)
 
     def random(self, n: int, surface: str = "http") -> bytes:
         """``n`` bytes from the pool, or :class:`errors.ServiceUnavailable`."""

@@ -1,0 +1,139 @@
+"""Worker processes: inherited sockets, seed relay, restarts, fork safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from twisted.internet.task import Clock
+
+from entropy_appliance.health import HealthTests
+from entropy_appliance.pool import PoolShort, ReseedPolicy, SeedPool
+from entropy_appliance.workers import InheritedPort, ParentWatch, encode_ports, parse_ports
+from tests.test_pool import FakeSource, pipeline
+from tests.twistd_helpers import start_appliance
+
+
+def test_ports_round_trip() -> None:
+    ports = [InheritedPort("stream", 5, "INET"), InheritedPort("https", 7, "INET6")]
+    assert parse_ports(encode_ports(ports)) == ports
+    for bad in ["stream:x:INET", "stream:5:IPX", "stream:1:INET", "stream"]:
+        with pytest.raises(ValueError):
+            parse_ports(bad)
+
+
+def test_relay_pool_hands_out_each_sample_once_and_never_seeds_itself() -> None:
+    clock = Clock()
+    pool = SeedPool(clock, HealthTests(8.0), ReseedPolicy(), serving=False)
+    from entropy_appliance.producer import SourceProducer
+    from tests.test_pool import sync_run
+
+    SourceProducer(FakeSource(), pool, sync_run, clock, chunk_size=1024).start()
+    a = pool.take_seed(4096)
+    b = pool.take_seed(4096)
+    assert len(a) == len(b) == 4096
+    assert a != b
+    clock.advance(5)
+    pool.tick()
+    assert pool.status()["drbg"]["reseeds"] == 0
+
+
+def test_relay_pool_short_when_source_failed() -> None:
+    from tests.test_pool import stuck
+
+    pool, _, _ = pipeline(FakeSource(stuck))
+    with pytest.raises(PoolShort):
+        pool.take_seed(16)
+
+
+def test_parent_watch_stops_an_orphan() -> None:
+    clock = Clock()
+    ppid = [10]
+    stopped: list[bool] = []
+    watch = ParentWatch(clock, lambda: stopped.append(True), getppid=lambda: ppid[0])
+    watch.startService()
+    clock.advance(1)
+    assert not stopped
+    ppid[0] = 1
+    clock.advance(1)
+    assert stopped
+    watch.stopService()
+
+
+def _status(app_url: str) -> dict:  # type: ignore[type-arg]
+    with urllib.request.urlopen(app_url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.e2e
+def test_two_workers_50mb_no_repeated_block_restart_and_stop(tmp_path: Path) -> None:
+    app = start_appliance(tmp_path, "--source", "kernel", "--workers", "2", "--https", "none")
+    try:
+        # Several connections: the kernel spreads them over both workers.
+        seen: set[bytes] = set()
+        pids: set[int] = set()
+        total = 0
+        for i in range(60):
+            pids.add(_status(app.url("http", "/v1/status"))["worker"]["pid"])
+            with socket.create_connection(("127.0.0.1", app.ports["stream"]), timeout=30) as s:
+                want = 1_000_000
+                buf = bytearray()
+                while len(buf) < want:
+                    chunk = s.recv(want - len(buf))
+                    assert chunk
+                    buf += chunk
+            for j in range(0, want, 16):
+                block = bytes(buf[j:j + 16])
+                assert block not in seen, "a 16-byte block appeared twice"
+                seen.add(block)
+            total += want
+        assert total >= 50_000_000
+        assert len(pids) == 2, f"connections reached only workers {pids}"
+
+        # A crashed worker is restarted.
+        victim = next(iter(pids))
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        new: set[int] = set()
+        while time.monotonic() < deadline:
+            try:
+                new.add(_status(app.url("http", "/v1/status"))["worker"]["pid"])
+            except OSError:
+                pass
+            if new - pids:
+                break
+            time.sleep(0.2)
+        assert new - pids, "the killed worker was not replaced"
+        assert "restarting in" in app.log()
+        workers = pids | new
+    finally:
+        app.stop()
+    time.sleep(0.5)
+    assert not [p for p in workers if _alive(p)], "workers outlived the parent"
+
+
+@pytest.mark.e2e
+def test_workers_auto_and_bad_values(tmp_path: Path) -> None:
+    from tests.test_e2e_stream import TWISTD
+
+    for bad, message in [("0", "--workers"), ("many", "--workers")]:
+        out = subprocess.run([*TWISTD, "-n", "--pidfile=", "entropy", "--workers", bad],
+                             cwd=tmp_path, capture_output=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        assert out.returncode != 0
+        assert message in (out.stdout + out.stderr).decode()
