@@ -102,10 +102,12 @@ def build_core(
     policy: ReseedPolicy,
     alpha: float,
     detected: bool = False,
+    serving: bool = True,
 ) -> CoreService:
-    """Assemble the pipeline for one process."""
+    """Assemble the pipeline for one process (``serving=False``: relay only)."""
     health = HealthTests(min_entropy, alpha=alpha)
-    pool = SeedPool(reactor, health, policy, source_name=source.name, source_kind=source.kind)
+    pool = SeedPool(reactor, health, policy, source_name=source.name, source_kind=source.kind,
+                    serving=serving)
     assert IReactorThreads.providedBy(reactor), "the core needs a reactor with threads"
     reader = ReaderThread(cast(IReactorThreads, reactor))
     producer = SourceProducer(source, pool, reader, reactor)

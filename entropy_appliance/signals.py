@@ -188,8 +188,11 @@ class ReloadService(Service):
 
     def __init__(self, reactor: Any, factories: Iterable[tls.ReloadableContextFactory],
                  install: Callable[..., Any] = signal.signal,
-                 reopen: Callable[[], int] = reopen_logs) -> None:
+                 reopen: Callable[[], int] = reopen_logs,
+                 forward: Callable[[], object] | None = None) -> None:
         self._reactor = reactor
+        #: Passes the SIGHUP on (to worker processes), if set.
+        self._forward = forward
         self.factories = list(factories)
         self._install = install
         self._reopen = reopen
@@ -224,3 +227,5 @@ class ReloadService(Service):
             self._reopen()
         except Exception as e:  # a log problem must not stop the reload
             _log.warn("SIGHUP: reopening the logs failed: {error}", error=e)
+        if self._forward is not None:
+            self._forward()

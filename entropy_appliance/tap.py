@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from twisted.application import strports
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from entropy_appliance.onion import OnionService
 
 __all__ = ["Options", "makeService"]
+
+#: listen(kind, endpoint, factory, tls_creator): serve ``factory`` on ``endpoint``.
+Listen = Callable[[str, Any, Any, Any], None]
 
 MIB = 1024 * 1024
 
@@ -122,6 +125,14 @@ class Options(EnvironmentOptions):
          "(slowloris); 0: never."],
     ]
 
+    optParameters += [
+        ["workers", None, "1",
+         "Serving processes sharing every listener: N (1-64) or auto (one per core). With N > 1 "
+         "this process reads the source and relays health-tested seed material to each worker."],
+        ["worker-fds", None, None, "(internal) listening sockets inherited from the parent."],
+        ["worker-index", None, None, "(internal) this worker's number."],
+    ]
+
     optFlags: list[list[Any]] = [
         ["no-h2", None, "Offer only http/1.1 by ALPN on the HTTPS endpoints (no HTTP/2)."],
     ]
@@ -131,6 +142,11 @@ class Options(EnvironmentOptions):
         self["stream"] = []
         self["http"] = []
         self["https"] = []
+
+    def parseOptions(self, options: Any = None) -> None:
+        """Parse, remembering the command line for worker processes."""
+        self.argv = list(options) if options is not None else []
+        super().parseOptions(options)
 
     def opt_onion(self) -> None:
         """Publish the site and the raw stream as a Tor v3 onion service."""
@@ -156,6 +172,31 @@ class Options(EnvironmentOptions):
         self._web()
         self._onion()
         self._limits()
+        self._workers()
+
+    def _workers(self) -> None:
+        from entropy_appliance.workers import parse_ports
+
+        text = str(self["workers"]).strip().lower()
+        if text == "auto":
+            count = os.cpu_count() or 1
+        else:
+            try:
+                count = int(text)
+            except ValueError:
+                count = 0
+        if not 1 <= count <= 64:
+            raise usage.UsageError(
+                f"--workers {self['workers']!r}: must be a number of processes, 1 <= N <= 64, or auto")
+        self["workers"] = count
+        if self["worker-fds"] is not None:
+            try:
+                self["worker_ports"] = parse_ports(self["worker-fds"])
+                self["worker-index"] = int(self["worker-index"] or 0)
+            except ValueError as e:
+                raise usage.UsageError(f"--worker-fds: {e} (an internal option)") from None
+        else:
+            self["worker_ports"] = None
 
     def _endpoints(self, name: str, given: list[str], default: list[str]) -> list[str]:
         values = given or default
@@ -376,13 +417,13 @@ def _onion_service(options: Options, reactor: Any, targets: dict[str, Any]) -> O
                         client_auth=options["onion-client-auth"])
 
 
-def _web_service(options: Options, reactor: Any, pool: Any, top: MultiService, guard: Any,
+def _web_service(options: Options, reactor: Any, pool: Any, listen: Listen, guard: Any,
                  status_extras: dict[str, Any] | None = None) -> tuple[Any, Any, list[Any]]:
     """
     Serve ONE Site on every --http and --https endpoint, behind the per-peer
     limits; return (web app, site, the reloadable TLS context factories).
     """
-    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.endpoints import serverFromString
     from twisted.logger import Logger
 
     from entropy_appliance import tls
@@ -396,7 +437,7 @@ def _web_service(options: Options, reactor: Any, pool: Any, top: MultiService, g
     site.resource = guard.wrap_resource(site.resource, observe=web.observe)
     limited = guard.wrap_http(site)
     for endpoint in options["http"]:
-        strports.service(endpoint, limited).setServiceParent(top)
+        listen("http", serverFromString(reactor, endpoint), limited, None)
     contexts: dict[tuple[str, str], tls.ReloadableContextFactory] = {}
     for spec, material, generated in options["https_listen"]:
         if generated:
@@ -409,29 +450,81 @@ def _web_service(options: Options, reactor: Any, pool: Any, top: MultiService, g
         if factory is None:
             factory = tls.ReloadableContextFactory(material, h2=not options["no-h2"])
             contexts[(material.key_path, material.cert_path)] = factory
-        StreamServerEndpointService(tls.ssl_endpoint(reactor, spec, factory), limited).setServiceParent(top)
+        listen("https", tls.ssl_endpoint(reactor, spec, factory), limited, factory)
     return web, site, list(contexts.values())
 
 
+def _listener(mode: str, reactor: Any, top: MultiService, inherited: list[Any] | None,
+              held: list[Any]) -> Listen:
+    """
+    How this process serves a factory on an endpoint: listen itself
+    (``single``), hold the socket for the workers (``parent``), or accept on
+    the socket inherited from the parent (``worker``).
+    """
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+
+    from entropy_appliance.workers import AdoptedPort, HeldPort
+
+    def listen(kind: str, endpoint: Any, factory: Any, tls_creator: Any) -> None:
+        if mode == "single":
+            StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+        elif mode == "parent":
+            port = HeldPort(endpoint, kind)
+            port.setServiceParent(top)
+            held.append(port)
+        else:
+            assert inherited is not None
+            mine = next((p for p in inherited if p.kind == kind), None)
+            if mine is None:
+                raise usage.UsageError(f"the parent handed this worker no {kind} socket")
+            inherited.remove(mine)
+            if tls_creator is not None:
+                # The parent's ssl: port is a plain TCP socket to us.
+                factory = TLSMemoryBIOFactory(tls_creator, False, factory)
+            AdoptedPort(reactor, mine, factory).setServiceParent(top)
+
+    return listen
+
+
 def makeService(options: Options) -> IService:
-    """Build the service tree from validated options."""
+    """
+    Build the service tree from validated options.
+
+    With ``--workers N`` (N > 1) this process becomes the parent: it reads
+    the source, holds every listening socket, and spawns N workers (see
+    ``workers.py``); each worker runs this same function with
+    ``--worker-fds``.
+    """
     from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
 
     from entropy_appliance.core import OrderedService, build_core
+    from entropy_appliance.sources import DeviceSource
     from entropy_appliance.stream import StreamFactory
 
+    inherited = options["worker_ports"]
+    mode = "worker" if inherited is not None else "parent" if options["workers"] > 1 else "single"
     spec: SourceSpec = options["source_spec"]
+    source: Any = open_source(spec)
+    if mode == "worker":
+        # The parent reads the device and relays health-tested samples on stdin.
+        source = DeviceSource("/proc/self/fd/0", spec.kind)
+        source.name = f"{spec.name} (via parent)"
     top = OrderedService()
     core = build_core(
         reactor,
-        open_source(spec),
+        source,
         min_entropy=options["min-entropy"],
         policy=options["policy"],
         alpha=options["alpha"],
         detected=options["source_detected"],
+        serving=mode != "parent",
     )
     core.setServiceParent(top)
     pool = core.pool
+    held: list[Any] = []
+    listen = _listener(mode, reactor, top, list(inherited or []), held)
 
     from entropy_appliance.limits import PeerGuard
     from entropy_appliance.signals import GracefulStop, ReloadService
@@ -439,32 +532,51 @@ def makeService(options: Options) -> IService:
     guard = PeerGuard(options["peer_policy"], reactor)
     # Right after the pipeline, so it stops after every listener and before
     # the pipeline: it closes the raw streams and lets HTTP responses finish.
-    graceful = GracefulStop(guard.inflight, reactor, options["shutdown-timeout"],
-                            close_http=guard.close_http)
+    graceful = GracefulStop(guard.inflight, reactor, options["shutdown-timeout"])
     graceful.setServiceParent(top)
 
     stream_factory = StreamFactory(pool)
     graceful.close_streams = stream_factory.close_all
     for endpoint in options["stream"]:
-        strports.service(endpoint, guard.wrap_stream(stream_factory)).setServiceParent(top)
+        listen("stream", serverFromString(reactor, endpoint), guard.wrap_stream(stream_factory), None)
 
     # The onion service is built before the web app (whose /v1/status shows
     # it) and is given the Site afterwards; it reads its targets on start.
-    onion_targets: dict[str, Any] = {"stream": stream_factory}
-    onion = _onion_service(options, reactor, onion_targets) if options["onion"] else None
-    web, site, tls_contexts = _web_service(
-        options, reactor, pool, top, guard,
-        status_extras={"onion": onion.status} if onion is not None else None)
+    # With workers, the first worker alone publishes it.
+    extras: dict[str, Any] = {}
+    onion = None
+    if options["onion"] and (mode == "single" or (mode == "worker" and options["worker-index"] == 0)):
+        onion_targets: dict[str, Any] = {"stream": stream_factory}
+        onion = _onion_service(options, reactor, onion_targets)
+        extras["onion"] = onion.status
+    if mode == "worker":
+        from entropy_appliance.workers import ParentWatch
+
+        index, pid = options["worker-index"], os.getpid()
+        extras["worker"] = lambda: {"index": index, "pid": pid, "of": options["workers"]}
+        ParentWatch(reactor, reactor.stop).setServiceParent(top)
+    web, site, tls_contexts = _web_service(options, reactor, pool, listen, guard,
+                                           status_extras=extras or None)
     if onion is not None:
         onion_targets["http"] = site
         # Added last, so stopped first: DEL_ONION while the listeners still serve.
         onion.setServiceParent(top)
 
-    # Keep this the last child: it starts after every listener listens
-    # (READY=1) and stops first (STOPPING=1).  Without $NOTIFY_SOCKET it is silent.
-    from entropy_appliance.systemd import NotifyService
+    supervisor = None
+    if mode == "parent":
+        from entropy_appliance.workers import WorkerSupervisor
 
-    ReloadService(reactor, tls_contexts).setServiceParent(top)
-    NotifyService(pool.status, reactor).setServiceParent(top)
+        supervisor = WorkerSupervisor(reactor, options["workers"], options.argv, held, pool.take_seed)
+        supervisor.setServiceParent(top)
+
+    ReloadService(reactor, tls_contexts,
+                  forward=(lambda: supervisor.signal_all("HUP")) if supervisor else None
+                  ).setServiceParent(top)
+    if mode != "worker":
+        # Keep this the last child: it starts after every listener listens
+        # (READY=1) and stops first (STOPPING=1).  Without $NOTIFY_SOCKET it is silent.
+        from entropy_appliance.systemd import NotifyService
+
+        NotifyService(pool.status, reactor).setServiceParent(top)
 
     return top

@@ -18,6 +18,7 @@ A worker that dies is restarted with exponential backoff; the parent's stop
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +56,9 @@ TWISTD_MAIN = "from twisted.scripts.twistd import run; run()"
 
 #: Seed bytes written to a worker per pull; the pipe buffer bounds the rest.
 SEED_CHUNK = 4096
+
+#: The worker's own timestamp: ours already says when.
+_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT[\d:]+[+-]\d{4} ")
 
 _FAMILIES = {"INET": socket.AF_INET, "INET6": socket.AF_INET6, "UNIX": socket.AF_UNIX}
 
@@ -124,10 +128,22 @@ class HeldPort(Service):
         self.kind = kind
         self.port: IListeningPort | None = None
         self.inherited: InheritedPort | None = None
+        self._listening_started = False
 
     def privilegedStartService(self) -> None:
         """Listen (possibly on a privileged port) before dropping privileges."""
         super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        """Listen now if the runner had no privileged start (``twist``)."""
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self._listening_started:
+            return
+        self._listening_started = True
         d = self._endpoint.listen(_NeverServed())
         d.addCallback(self._listening)
 
@@ -224,8 +240,9 @@ class _Worker(ProcessProtocol):
             lines.append(self._buffer)
             self._buffer = b""
         for line in lines:
-            self.log.info("worker {index}: {line}", index=self.index,
-                          line=line.decode("utf-8", "replace").rstrip())
+            text = _TIMESTAMP.sub("", line.decode("utf-8", "replace").rstrip())
+            if text:
+                self.log.info("worker {index}: {line}", index=self.index, line=text)
 
     errReceived = outReceived
 
@@ -306,6 +323,14 @@ class WorkerSupervisor(Service):
         self.log.error("worker {index} ended ({why}) after {uptime:.1f} s; restarting in {delay:.0f} s",
                        index=worker.index, why=reason.getErrorMessage(), uptime=uptime, delay=delay)
         self._pending[worker.index] = self.clock.callLater(delay, self._spawn, worker.index)
+
+    def signal_all(self, name: str) -> None:
+        """Send signal ``name`` (e.g. ``"HUP"``) to every live worker."""
+        for _, process in list(self.workers.values()):
+            try:
+                process.signalProcess(name)
+            except Exception:  # it ended meanwhile
+                pass
 
     def status(self) -> dict[str, Any]:
         """Worker pids and restarts, for /v1/status."""
