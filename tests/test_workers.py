@@ -88,7 +88,7 @@ def test_two_workers_50mb_no_repeated_block_restart_and_stop(tmp_path: Path) -> 
         seen: set[bytes] = set()
         pids: set[int] = set()
         total = 0
-        for i in range(60):
+        for _ in range(60):
             pids.add(_status(app.url("http", "/v1/status"))["worker"]["pid"])
             with socket.create_connection(("127.0.0.1", app.ports["stream"]), timeout=30) as s:
                 want = 1_000_000
