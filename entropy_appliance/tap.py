@@ -532,7 +532,8 @@ def makeService(options: Options) -> IService:
     guard = PeerGuard(options["peer_policy"], reactor)
     # Right after the pipeline, so it stops after every listener and before
     # the pipeline: it closes the raw streams and lets HTTP responses finish.
-    graceful = GracefulStop(guard.inflight, reactor, options["shutdown-timeout"])
+    graceful = GracefulStop(guard.inflight, reactor, options["shutdown-timeout"],
+                            close_http=guard.close_http)
     graceful.setServiceParent(top)
 
     stream_factory = StreamFactory(pool)

@@ -84,6 +84,19 @@ def _alive(pid: int) -> bool:
 def test_two_workers_50mb_no_repeated_block_restart_and_stop(tmp_path: Path) -> None:
     app = start_appliance(tmp_path, "--source", "kernel", "--workers", "2", "--https", "none")
     try:
+        # Until a worker has its first seed it fails closed: wait until
+        # both answer /health with 200.
+        deadline = time.monotonic() + 30
+        healthy: set[int] = set()
+        while len(healthy) < 2 and time.monotonic() < deadline:
+            try:
+                status = _status(app.url("http", "/v1/status"))
+                if status["healthy"]:
+                    healthy.add(status["worker"]["pid"])
+            except OSError:
+                pass
+            time.sleep(0.05)
+        assert len(healthy) == 2, "the workers never became healthy"
         # Several connections: the kernel spreads them over both workers.
         seen: set[bytes] = set()
         pids: set[int] = set()
