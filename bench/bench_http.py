@@ -3,7 +3,8 @@ Benchmark: the HTTP surface under wrk, against Debian's pollen server in the sam
 
 Run as root from the repo root::
 
-    .venv/bin/python bench/bench_http.py [--seconds 5] [--connections 32] [--workers N] [--profile]
+    .venv/bin/python bench/bench_http.py [--seconds 5] [--connections 32] [--workers N]
+        [--compare-workers N] [--profile]
 
 The script re-runs itself inside a private network namespace and mount
 namespace (``unshare -n -m``): only loopback exists there (pollen binds all
@@ -129,33 +130,36 @@ def inner(args: argparse.Namespace) -> None:
             ["pollen", "-http-port", str(p_http), "-https-port", str(p_https), "-device", "/dev/urandom",
              "-cert", str(tmp / "pollen.pem"), "-key", str(tmp / "pollen.key")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        a_http, a_https = free_port(), free_port()
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        argv = [sys.executable]
-        if args.profile:
-            # twist exits through its SIGTERM handler; dump the profile on the way out.
-            argv += ["-c", PROFILED_TWIST, str(tmp / "profile.out")]
-        else:
-            argv += ["-m", "twisted"]
-        argv += ["--log-format=text", "--log-level=warn", "entropy", "--source",
-                 "kernel", "--stream", "none", "--http", f"tcp:{a_http}:interface=127.0.0.1",
-                 "--https", f"ssl:{a_https}:interface=127.0.0.1"]
-        if supported("--peer-rate"):
-            argv += ["--peer-rate", "0"]
-        processes = "one process"
-        if args.workers is not None:
-            if supported("--workers"):
-                argv += ["--workers", str(args.workers)]
-                processes = f"--workers {args.workers}"
-            else:
-                print(f"this appliance has no --workers option; --workers {args.workers} ignored")
-        app = subprocess.Popen(argv, cwd=tmp, env=env, stdout=open(tmp / "app.log", "wb"),
-                               stderr=subprocess.STDOUT)
-        procs.append(app)
-        for port in (p_http, a_http, a_https):
-            wait_port(port)
-        time.sleep(1.0)
 
+        def start_app(workers: int | None, profile: bool) -> tuple[subprocess.Popen[bytes], int, int]:
+            a_http, a_https = free_port(), free_port()
+            argv = [sys.executable]
+            if profile:
+                # twist exits through its SIGTERM handler; dump the profile on the way out.
+                argv += ["-c", PROFILED_TWIST, str(tmp / "profile.out")]
+            else:
+                argv += ["-m", "twisted"]
+            argv += ["--log-format=text", "--log-level=warn", "entropy", "--source",
+                     "kernel", "--stream", "none", "--http", f"tcp:{a_http}:interface=127.0.0.1",
+                     "--https", f"ssl:{a_https}:interface=127.0.0.1"]
+            if supported("--peer-rate"):
+                argv += ["--peer-rate", "0"]
+            if workers is not None:
+                argv += ["--workers", str(workers)]
+            app = subprocess.Popen(argv, cwd=tmp, env=env, stdout=open(tmp / "app.log", "ab"),
+                                   stderr=subprocess.STDOUT)
+            procs.append(app)
+            for port in (a_http, a_https):
+                wait_port(port)
+            time.sleep(1.5)  # every process seeded
+            return app, a_http, a_https
+
+        def stop_app(app: subprocess.Popen[bytes]) -> None:
+            app.terminate()
+            app.wait(30)
+
+        wait_port(p_http)
         challenge = hashlib.sha512(os.urandom(64)).hexdigest()
         post = tmp / "post.lua"
         post.write_text(
@@ -163,29 +167,58 @@ def inner(args: argparse.Namespace) -> None:
             f'wrk.body = "challenge={challenge}"\n'
             'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n')
         s, c = args.seconds, args.connections
+        workers = args.workers if args.workers is not None and supported("--workers") else None
+        processes = f"--workers {workers}" if workers else "one process"
         print(f"wrk -t1 -c{c} -d{s}s; appliance: {processes}; host CPUs: {os.cpu_count()}")
-        pollen_rps, _ = wrk(f"http://127.0.0.1:{p_http}/", s, c, post)
-        app_rps, _ = wrk(f"http://127.0.0.1:{a_http}/", s, c, post)
-        print(f"POST / pollinate-style   pollen {pollen_rps:10.0f} req/s   appliance {app_rps:10.0f} req/s"
-              f"   ratio {app_rps / pollen_rps:.2f}  (target >= 0.5, goal 1.5)")
+
+        def measure(a_http: int, a_https: int, label: str) -> dict[str, float]:
+            out: dict[str, float] = {}
+            out["post"], _ = wrk(f"http://127.0.0.1:{a_http}/", s, c, post)
+            out["post_tls"], _ = wrk(f"https://127.0.0.1:{a_https}/", s, c, post)
+            for scheme, port in (("http", a_http), ("https", a_https)):
+                out[f"get64_{scheme}"], _ = wrk(f"{scheme}://127.0.0.1:{port}/v1/random?bytes=64", s, c)
+            for scheme, port in (("http", a_http), ("https", a_https)):
+                _, bps = wrk(f"{scheme}://127.0.0.1:{port}/v1/random?bytes=1048576", s, min(c, 8))
+                out[f"mib_{scheme}"] = bps / 1e6
+            return out
+
+        app, a_http, a_https = start_app(workers, args.profile)
         if args.profile:
-            app.terminate()
-            app.wait(30)
+            app_rps, _ = wrk(f"http://127.0.0.1:{a_http}/", s, c, post)
+            print(f"POST / appliance {app_rps:10.0f} req/s (profiled)")
+            stop_app(app)
             stats = pstats.Stats(str(tmp / "profile.out"))
             stats.sort_stats("tottime").print_stats(25)
             stats.sort_stats("cumulative").print_stats(40)
             return
+        pollen_rps, _ = wrk(f"http://127.0.0.1:{p_http}/", s, c, post)
         pollen_tls, _ = wrk(f"https://127.0.0.1:{p_https}/", s, c, post)
-        app_tls, _ = wrk(f"https://127.0.0.1:{a_https}/", s, c, post)
-        print(f"POST / over https        pollen {pollen_tls:10.0f} req/s   appliance {app_tls:10.0f} req/s"
-              f"   ratio {app_tls / pollen_tls:.2f}")
-        for scheme, port in (("http", a_http), ("https", a_https)):
-            rps, _ = wrk(f"{scheme}://127.0.0.1:{port}/v1/random?bytes=64", s, c)
-            print(f"GET bytes=64 {scheme:5}       appliance {rps:10.0f} req/s")
-        for scheme, port in (("http", a_http), ("https", a_https)):
-            rps, bps = wrk(f"{scheme}://127.0.0.1:{port}/v1/random?bytes=1048576", s, min(c, 8))
-            print(f"GET bytes=1MiB {scheme:5}     appliance {bps / 1e6:10.0f} MB/s ({rps:.0f} req/s)"
+        one = measure(a_http, a_https, processes)
+        stop_app(app)
+        print(f"POST / pollinate-style   pollen {pollen_rps:10.0f} req/s   "
+              f"appliance {one['post']:10.0f} req/s   ratio {one['post'] / pollen_rps:.2f}  "
+              "(target >= 0.5 one process, 0.8 with workers)")
+        print(f"POST / over https        pollen {pollen_tls:10.0f} req/s   "
+              f"appliance {one['post_tls']:10.0f} req/s   ratio {one['post_tls'] / pollen_tls:.2f}")
+        for scheme in ("http", "https"):
+            print(f"GET bytes=64 {scheme:5}       appliance {one[f'get64_{scheme}']:10.0f} req/s")
+        for scheme in ("http", "https"):
+            print(f"GET bytes=1MiB {scheme:5}     appliance {one[f'mib_{scheme}']:10.0f} MB/s"
                   + ("  (target >= 1000 MB/s)" if scheme == "http" else ""))
+        if args.compare_workers:
+            app, a_http, a_https = start_app(args.compare_workers, False)
+            many = measure(a_http, a_https, f"--workers {args.compare_workers}")
+            stop_app(app)
+            pollen_again, _ = wrk(f"http://127.0.0.1:{p_http}/", s, c, post)
+            pollen_mean = (pollen_rps + pollen_again) / 2
+            n = args.compare_workers
+            print(f"--workers {n} against {processes}, same run:")
+            for key, unit in (("post", "req/s"), ("post_tls", "req/s"), ("get64_http", "req/s"),
+                              ("get64_https", "req/s"), ("mib_http", "MB/s"), ("mib_https", "MB/s")):
+                gain = many[key] / one[key]
+                print(f"  {key:12} {one[key]:10.0f} -> {many[key]:10.0f} {unit:5}  gain {gain:.2f}x")
+            print(f"  POST / with --workers {n}: {many['post']:.0f} req/s against pollen {pollen_mean:.0f} "
+                  f"(mean of its two runs): ratio {many['post'] / pollen_mean:.2f}  (target >= 0.8)")
     finally:
         for p in procs:
             if p.poll() is None:
@@ -202,6 +235,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=None, help="pass --workers N to the appliance")
+    parser.add_argument("--compare-workers", type=int, default=None, metavar="N",
+                        help="also run the appliance with --workers N and report the gain")
     parser.add_argument("--profile", action="store_true", help="profile the appliance in the POST run")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -215,6 +250,8 @@ def main() -> None:
             "--connections", str(args.connections)] + (["--profile"] if args.profile else [])
     if args.workers is not None:
         argv += ["--workers", str(args.workers)]
+    if args.compare_workers is not None:
+        argv += ["--compare-workers", str(args.compare_workers)]
     sys.exit(subprocess.run(argv).returncode)
 
 

@@ -8,12 +8,18 @@ Raw TCP stream throughput against two baselines measured in the same run.
   buffer with sendall, read by the same reader.
 
 Prints MB/s (10^6 bytes per second) and both ratios.  Not a test: nothing is
-asserted.  Usage: python bench/bench_stream.py [--seconds 5] [--workers N]
+asserted.  Usage: python bench/bench_stream.py [--seconds 5] [--connections K]
+[--compare-workers 2]
+
+With ``--connections K`` each figure is the sum of K concurrent readers (one
+process each).  ``--compare-workers N`` also runs the appliance with
+``--workers N`` in the same run and reports the gain over one process.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import re
 import signal
@@ -114,10 +120,18 @@ def wait_port_once(port: int) -> None:
         time.sleep(0.05)
 
 
-def appliance(seconds: float, workers: int | None) -> float:
+def read_parallel(port: int, seconds: float, connections: int) -> float:
+    """Sum of MB/s of ``connections`` concurrent readers, one process each."""
+    if connections == 1:
+        return read_for(port, seconds)
+    with multiprocessing.Pool(connections) as pool:
+        return sum(pool.starmap(read_for, [(port, seconds)] * connections))
+
+
+def appliance(seconds: float, workers: int | None, connections: int = 1) -> float:
     port = free_port()
     args = ["--source", "kernel", "--stream", f"tcp:{port}:interface=127.0.0.1",
-            "--http", "none", "--https", "none"]
+            "--http", "none", "--https", "none", "--peer-streams", "0"]
     if workers:
         args += ["--workers", str(workers)]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -126,7 +140,8 @@ def appliance(seconds: float, workers: int | None) -> float:
          "-n", "--pidfile=", "--logfile=/dev/null", "entropy", *args], env=env, cwd="/tmp")
     try:
         wait_port(port)
-        return read_for(port, seconds)
+        time.sleep(1.0)  # let every worker get its first seed
+        return read_parallel(port, seconds, connections)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(15)
@@ -135,14 +150,21 @@ def appliance(seconds: float, workers: int | None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--compare-workers", type=int, default=None, metavar="N")
     ns = parser.parse_args()
-    stream = appliance(ns.seconds, ns.workers)
+    k = ns.connections
+    stream = appliance(ns.seconds, None, k)
+    multi = appliance(ns.seconds, ns.compare_workers, k) if ns.compare_workers else None
     urandom = dd_urandom(ns.seconds)
     ceiling = loopback_ceiling(ns.seconds)
-    print(f"raw stream (appliance)      {stream:9.1f} MB/s")
+    print(f"readers                     {k:9d}")
+    print(f"raw stream, 1 process       {stream:9.1f} MB/s")
+    if multi is not None:
+        print(f"raw stream, --workers {ns.compare_workers}     {multi:9.1f} MB/s"
+              f"   ({multi / stream:.2f}x one process)")
     print(f"dd if=/dev/urandom bs=1M    {urandom:9.1f} MB/s")
-    print(f"loopback sendall ceiling    {ceiling:9.1f} MB/s")
+    print(f"loopback sendall ceiling    {ceiling:9.1f} MB/s   (one connection)")
     print(f"stream / urandom            {stream / urandom:9.2f}x")
     print(f"stream / loopback ceiling   {stream / ceiling:9.2f}x")
 

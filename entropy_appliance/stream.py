@@ -24,7 +24,7 @@ __all__ = ["StreamProtocol", "StreamFactory", "CHUNK_SIZE", "MAX_CLIENT_INPUT"]
 
 #: Bytes generated per resumeProducing: large enough to amortise the
 #: per-call overhead, small enough that a slow reader holds little memory.
-CHUNK_SIZE = 262144
+CHUNK_SIZE = 256 * 1024
 
 #: A client has nothing to say; past this many bytes it is disconnected.
 MAX_CLIENT_INPUT = 64 * 1024
