@@ -56,6 +56,7 @@ from typing import IO, Any
 from urllib.parse import urlencode, urlsplit
 
 from entropy_appliance import __version__
+from entropy_appliance.units import parse_size
 
 __all__ = [
     "EXIT_FAILURE",
@@ -167,18 +168,6 @@ def parse_target(url: str) -> Target:
     if scheme == "tcp" and parts.path not in ("", "/"):
         raise ValueError(f"{url!r}: a tcp:// URL has no path")
     return Target(scheme, parts.hostname, port or DEFAULT_PORTS[scheme], parts.path or "/")
-
-
-def parse_size(text: str) -> int:
-    """Parse ``64``, ``4K``, ``16M``, ``1G`` (binary units) into a byte count."""
-    units = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3,
-             "KIB": 1024, "MIB": 1024 ** 2, "GIB": 1024 ** 3}
-    t = text.strip().upper()
-    num = t.rstrip("KMGIB")
-    unit = t[len(num):]
-    if unit not in units or not num.isdigit():
-        raise ValueError(f"{text!r} is not a size (e.g. 64, 4K, 16M, 1G)")
-    return int(num) * units[unit]
 
 
 def parse_fingerprint(text: str) -> bytes:

@@ -21,6 +21,7 @@ from twisted.python import usage
 from entropy_appliance.config import EnvironmentOptions
 from entropy_appliance.pool import ReseedPolicy
 from entropy_appliance.sources import DEFAULT_MIN_ENTROPY, SourceSpec, detect, open_source, parse_source
+from entropy_appliance.units import parse_size
 
 if TYPE_CHECKING:
     from entropy_appliance.onion import OnionService
@@ -30,18 +31,6 @@ __all__ = ["Options", "makeService"]
 #: listen(kind, endpoint, factory, tls_creator): serve ``factory`` on ``endpoint``.
 Listen = Callable[[str, Any, Any, Any], None]
 
-MIB = 1024 * 1024
-
-
-def _parse_size(text: str) -> int:
-    """Parse ``123``, ``64K``, ``64M``, ``1G`` (binary units) into bytes."""
-    units = {"": 1, "K": 1024, "M": MIB, "G": 1024 * MIB, "KIB": 1024, "MIB": MIB, "GIB": 1024 * MIB}
-    t = text.strip().upper()
-    num = t.rstrip("KMGIB")
-    unit = t[len(num):]
-    if unit not in units or not num.isdigit():
-        raise ValueError(f"{text!r} is not a size (e.g. 65536, 64K, 64M, 1G)")
-    return int(num) * units[unit]
 
 
 def _check_endpoint(option: str, description: str) -> None:
@@ -238,7 +227,7 @@ class Options(EnvironmentOptions):
             raise usage.UsageError(
                 f"--reseed-interval {self['reseed-interval']!r}: must be seconds, 0 < S <= 86400")
         try:
-            max_bytes = _parse_size(self["reseed-bytes"])
+            max_bytes = parse_size(self["reseed-bytes"])
         except ValueError as e:
             raise usage.UsageError(f"--reseed-bytes: {e}") from None
         if not 1 <= max_bytes <= 2 ** 40:
@@ -291,7 +280,7 @@ class Options(EnvironmentOptions):
         except tls.TLSConfigError as e:
             raise usage.UsageError(f"HTTPS: {e}") from None
         try:
-            self["max-bytes"] = _parse_size(str(self["max-bytes"]))
+            self["max-bytes"] = parse_size(str(self["max-bytes"]))
         except ValueError as e:
             raise usage.UsageError(f"--max-bytes: {e}") from None
         if not 1 <= self["max-bytes"] <= 2 ** 40:
@@ -326,7 +315,7 @@ class Options(EnvironmentOptions):
             raise usage.UsageError(
                 f"--peer-rate {self['peer-rate']!r}: must be requests per second, 0 (no limit) or more")
         try:
-            bandwidth = _parse_size(str(self["peer-bandwidth"]))
+            bandwidth = parse_size(str(self["peer-bandwidth"]))
         except ValueError as e:
             raise usage.UsageError(f"--peer-bandwidth: {e}") from None
         self["peer_policy"] = PeerPolicy(

@@ -116,7 +116,21 @@ def _family_of(fd: int) -> str:
     raise ValueError(f"fd {fd} is not an INET, INET6 or UNIX socket")
 
 
-class HeldPort(Service):
+class _PortService(Service):
+    """A service owning one listening port, closed when the service stops."""
+
+    port: IListeningPort | None = None
+
+    def stopService(self) -> Deferred[None] | None:
+        """Close the listening socket."""
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return cast(Deferred[None], port.stopListening())
+        return None
+
+
+class HeldPort(_PortService):
     """
     The parent's side of a shared listener: listen on ``endpoint`` (any
     endpoint: tcp, ssl's tcp socket, systemd), never accept, and expose the
@@ -154,16 +168,8 @@ class HeldPort(Service):
         fd = cast(Any, port).fileno()
         self.inherited = InheritedPort(self.kind, fd, _family_of(fd))
 
-    def stopService(self) -> Deferred[None] | None:
-        """Close the listening socket."""
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return cast(Deferred[None], port.stopListening())
-        return None
 
-
-class AdoptedPort(Service):
+class AdoptedPort(_PortService):
     """A worker's side of a shared listener: accept on an inherited socket."""
 
     def __init__(self, reactor: IReactorSocket, inherited: InheritedPort,
@@ -181,13 +187,6 @@ class AdoptedPort(Service):
         # The reactor works on its own duplicate of the socket.
         os.close(self.inherited.fd)
 
-    def stopService(self) -> Deferred[None] | None:
-        """Stop accepting."""
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return cast(Deferred[None], port.stopListening())
-        return None
 
 
 @implementer(IPullProducer)

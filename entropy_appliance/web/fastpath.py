@@ -1,6 +1,6 @@
 """
-A lean HTTP/1.1 path for the two hottest requests: pollinate's ``POST /``
-and small ``GET /v1/random?bytes=N``.
+A lean HTTP/1.1 path for the hottest requests: pollinate's ``POST /`` and
+``GET /v1/random?bytes=N`` (binary, any N up to ``--max-bytes``).
 
 pollinate calls ``POST /`` at every boot of every client, and small reads
 of ``/v1/random`` are what scripts do in loops.  Through ``twisted.web``'s
@@ -10,8 +10,11 @@ that costs several times the work of the answer itself.
 
 :class:`FastHTTPChannel` is the ``HTTPChannel`` of :class:`EntropySite`.  At
 a request boundary, with nothing queued, it looks at the bytes it received:
-a complete request that is one of the two above, in its plain form, is
-answered inline with a prebuilt header block (:class:`FastRoutes`).  Anything
+a complete request that is one of the above, in its plain form, is answered
+with a prebuilt header block (:class:`FastRoutes`): inline up to 64 KiB, and
+above that by :class:`StreamedBody`, a pull producer registered on the
+transport, so that a slow reader holds back generation and the process
+buffers about one chunk whatever N is.  Anything
 else (another route or method, HTTP/1.0, ``Connection: close``, ``Expect``,
 chunked or partial bodies, odd headers, a body that is not a bare hex
 challenge) goes to ``HTTPChannel`` unchanged, starting at that request, so
@@ -20,7 +23,12 @@ never come here: Twisted swaps in its own H2 connection after ALPN, and
 those streams take the normal path.
 
 The answers are byte-for-byte the normal path's, headers included, and are
-counted in the same metrics.
+counted in the same metrics.  A streamed body also keeps the normal path's
+other promises: it counts as in flight for a graceful stop, its writes go
+through the per-peer bandwidth gate on the transport, and if the core fails
+closed mid-body the connection is aborted, so the short body is never taken
+as complete.  Bytes pipelined behind it wait, as ``HTTPChannel`` makes them
+wait behind a request it is answering, and are read once the body is done.
 """
 
 from __future__ import annotations
