@@ -35,6 +35,7 @@ setup(
             "mypy>=1.11",
             "mypy-zope>=1.0",
             "playwright>=1.45",
+            "schemathesis>=4.32,<5",
         ],
     },
     entry_points={

@@ -50,7 +50,9 @@ __all__ = ["EVENT_INTERVAL", "EventStream", "install", "parse_seconds"]
 EVENT_INTERVAL = 1.0
 """Seconds between two status events."""
 
-_NUMBER = re.compile(r"[+-]?([0-9]{1,12}(\.[0-9]{0,12})?|\.[0-9]{1,12})([eE][+-]?[0-9]{1,3})?")
+# Any decimal literal, of any precision: a client that prints a float with
+# all its 17 significant digits (or in exponent form) asks for a valid length.
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 _ASSETS = {
     "dashboard.js": b"text/javascript; charset=utf-8",
@@ -279,6 +281,20 @@ def _errors(bad: str, too_large: str, unavailable: str) -> dict[str, Any]:
     return out
 
 
+_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "One Server-Sent Event of the stream.",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+        "event": {"type": "string"},
+        "retry": {"type": "integer", "minimum": 0},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"$ref": "#/components/schemas/Status"}},
+    },
+}
+
+
 def _paths(ctx: openapi.OpenAPIContext) -> dict[str, Any]:
     png = {"image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}}}
     too_big = f"width or height above {media.MAX_SIZE} pixels."
@@ -369,12 +385,18 @@ def _paths(ctx: openapi.OpenAPIContext) -> dict[str, Any]:
         "/v1/events": {"get": {
             "summary": "Server-Sent Events: the /v1/status document every second.",
             "description": (
-                "text/event-stream; each event's data is one JSON status document (the "
-                "Status schema). The stream lasts until the client closes it."),
+                "text/event-stream that never ends on its own: it lasts until the client "
+                "closes it. The stream opens with a `retry:` field (the reconnection delay "
+                f"in ms), then sends one event at once and one every {EVENT_INTERVAL:g} s. "
+                "Each event has an `id` (1, 2, 3, ...) and one `data` line holding one "
+                "JSON status document (the Status schema, as /v1/status). As OpenAPI 3.2 "
+                "reads text/event-stream, the schema below describes ONE event, not the "
+                "body; a client reads as many events as it wants and then disconnects."),
             "operationId": "getEvents",
             "responses": {"200": {
-                "description": "An endless event stream.", "headers": no_store,
-                "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+                "description": "An endless event stream, one event per second.",
+                "headers": no_store,
+                "content": {"text/event-stream": {"schema": _EVENT_SCHEMA}}}},
         }},
         "/static/{name}": {"get": {
             "summary": "The dashboard's script and style sheet.",

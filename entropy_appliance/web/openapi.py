@@ -122,6 +122,12 @@ RNG_HEADERS: dict[str, Any] = {
 }
 
 
+def _with_description(responses: dict[str, Any], status: str, text: str) -> dict[str, Any]:
+    """``responses`` with the description of ``status`` replaced by ``text``."""
+    responses[status] = {**responses[status], "description": text}
+    return responses
+
+
 def int_param(name: str, description: str, lo: int, hi: int, default: int | None = None,
               required: bool = False) -> dict[str, Any]:
     """A query parameter holding an integer in [lo, hi]."""
@@ -144,7 +150,10 @@ def _core_paths(ctx: OpenAPIContext) -> dict[str, Any]:
                 "Content-Length."),
             "operationId": "getRandom",
             "parameters": [
-                int_param("bytes", "How many random bytes.", 1, ctx.max_bytes, required=True),
+                int_param("bytes", (
+                    f"How many random bytes, 1 to this server's --max-bytes ({ctx.max_bytes}). "
+                    "Below 1 or not an integer is 400; above --max-bytes is 413."),
+                    1, ctx.max_bytes, required=True),
                 {"name": "format", "in": "query", "required": False,
                  "description": "binary (default), hex, base64, or json.",
                  "schema": {"type": "string", "enum": fmt_names, "default": "binary"}},
@@ -179,7 +188,10 @@ def _core_paths(ctx: OpenAPIContext) -> dict[str, Any]:
                             "type": "array", "minItems": 1, "maxItems": MAX_INTEGERS,
                             "items": {"type": "integer", "minimum": -INTEGER_BOUND,
                                       "maximum": INTEGER_BOUND}}}}},
-                **problem_responses(400, 503),
+                **_with_description(problem_responses(400, 503), "400", (
+                    "count, min or max missing (min and max are required), not an integer or "
+                    "out of range, or min greater than max (a constraint between two "
+                    "parameters, which the parameter schemas cannot state).")),
             },
         }},
         "/v1/uuid": {"get": {
