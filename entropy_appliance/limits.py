@@ -297,8 +297,16 @@ class InFlight:
 
     def begin(self, request: Request) -> None:
         """Count ``request`` until it finishes (or its client goes away)."""
-        self.count += 1
+        self.enter()
         request.notifyFinish().addBoth(self._end)
+
+    def enter(self) -> None:
+        """Count a response made without a ``Request`` (the fast path's streamed bodies)."""
+        self.count += 1
+
+    def leave(self) -> None:
+        """A response counted by :meth:`enter` has ended."""
+        self._end(None)
 
     def _end(self, _: object) -> None:
         self.count -= 1
@@ -329,7 +337,8 @@ class RateLimitedResource(Resource):
                  observe: Callable[[Request], None] | None = None) -> None:
         super().__init__()
         self._wrapped = wrapped
-        self._inflight = inflight
+        #: The in-flight count, which the Site's fast path also joins.
+        self.inflight = inflight
         self._limiter = limiter
         self._observe = observe
 
@@ -346,15 +355,15 @@ class RateLimitedResource(Resource):
                 if self._observe is not None:
                     self._observe(request)
                 return body
-        self._inflight.begin(request)
+        self.inflight.begin(request)
         return self._wrapped.render(request)
 
     def admit(self, address: IAddress | None) -> bool:
         """
-        For the Site's inline fast path (answered before this call returns,
-        so nothing stays in flight): count one request from ``address`` and
+        For the Site's fast path: count one request from ``address`` and
         return True, or return False past the rate, counting nothing, so that
-        :meth:`render` answers it with the 429.
+        :meth:`render` answers it with the 429.  A response the fast path
+        streams joins :attr:`inflight` itself.
         """
         return self._limiter is None or not self._limiter.check(peer_key(address))
 

@@ -137,7 +137,7 @@ class EntropySite(Site):
     (costly at tens of thousands of requests a second, and a record of who
     fetched randomness); requests are counted in the metrics instead.
 
-    Its HTTP/1.1 channels answer plain ``POST /`` and small
+    Its HTTP/1.1 channels answer plain ``POST /`` and binary
     ``GET /v1/random`` requests without a ``Request`` object, through
     :attr:`fast` (see :mod:`entropy_appliance.web.fastpath`); None turns that
     off, and every request takes the resource path.
@@ -179,6 +179,14 @@ class EntropySite(Site):
             return True
         admit = getattr(resource, "admit", None)
         return admit is not None and bool(admit(channel.transport.getPeer()))
+
+    def fast_inflight(self) -> Any:
+        """
+        The in-flight count (``enter()``/``leave()``) of the resource in
+        front, which a body streamed by the fast path joins so that a
+        graceful stop waits for it; None if that resource keeps none.
+        """
+        return getattr(self.resource, "inflight", None)
 
 
 class FrontResource(Resource):

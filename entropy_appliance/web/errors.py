@@ -80,6 +80,14 @@ class BadRequest(Problem):
     slug = "bad-request"
 
 
+class URITooLong(Problem):
+    """414: a request line or header line longer than the server reads."""
+
+    status = 414
+    title = "URI Too Long"
+    slug = "uri-too-long"
+
+
 class NotFound(Problem):
     """404: no such route."""
 

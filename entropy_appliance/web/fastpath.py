@@ -11,14 +11,14 @@ that costs several times the work of the answer itself.
 :class:`FastHTTPChannel` is the ``HTTPChannel`` of :class:`EntropySite`.  At
 a request boundary, with nothing queued, it looks at the bytes it received:
 a complete request that is one of the above, in its plain form, is answered
-with a prebuilt header block (:class:`FastRoutes`): inline up to 64 KiB, and
-above that by :class:`StreamedBody`, a pull producer registered on the
+with a prebuilt header block (:class:`FastRoutes`): inline up to 64 KiB,
+and above that by :class:`StreamedBody`, a pull producer registered on the
 transport, so that a slow reader holds back generation and the process
-buffers about one chunk whatever N is.  Anything
-else (another route or method, HTTP/1.0, ``Connection: close``, ``Expect``,
-chunked or partial bodies, odd headers, a body that is not a bare hex
-challenge) goes to ``HTTPChannel`` unchanged, starting at that request, so
-the two paths never disagree about where a request begins.  HTTP/2 streams
+buffers about one chunk whatever N is.  Anything else (another route or
+method, a format, HTTP/1.0, ``Connection: close``, ``Expect``, chunked or
+partial bodies, odd headers, a body that is not a bare hex challenge, a size
+out of range) goes to ``HTTPChannel`` unchanged, starting at that request,
+so the two paths never disagree about where a request begins.  HTTP/2 streams
 never come here: Twisted swaps in its own H2 connection after ALPN, and
 those streams take the normal path.
 
@@ -35,23 +35,38 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from twisted.internet.interfaces import IConsumer, IPullProducer
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.http_headers import Headers
 from twisted.web.server import version as SERVER_VERSION
+from zope.interface import implementer
 
 from entropy_appliance.pool import FailClosed, IClock, SeedPool
-from entropy_appliance.web.errors import PROBLEM_JSON, ServiceUnavailable, problem_body
+from entropy_appliance.web.errors import PROBLEM_JSON, ServiceUnavailable, URITooLong, problem_body
 from entropy_appliance.web.pollen import MAX_CHALLENGE, TEXT_PLAIN, pollen_reply
 
-__all__ = ["FastRoutes", "FastHTTPChannel", "fast_channel_protocol"]
+__all__ = ["FastRoutes", "FastHTTPChannel", "StreamedBody", "fast_channel_protocol",
+           "FAST_MAX_BYTES", "STREAM_CHUNK"]
 
 OCTET_STREAM = b"application/octet-stream"
 FORM = b"application/x-www-form-urlencoded"
 
-#: Largest ``bytes=N`` answered inline; larger bodies are streamed by the route.
+#: Largest ``bytes=N`` answered inline; larger bodies are streamed.
 FAST_MAX_BYTES = 64 * 1024
+
+#: Raw bytes generated and written per ``resumeProducing`` of a streamed
+#: body.  Each chunk costs a reactor turn, a send and a producer round trip:
+#: on loopback 128 KiB to 1 MiB measured alike and well ahead of 64 KiB
+#: (bench/bench_http.py); 256 KiB keeps what a slow reader pins small.
+STREAM_CHUNK = 256 * 1024
+
+#: Room for a response head in the same send as the first chunk.
+_HEAD_ROOM = 16 * 1024
 
 _POST_ROOT = b"POST / HTTP/1.1"
 _RANDOM_PREFIX = b"GET /v1/random?bytes="
@@ -59,10 +74,21 @@ _HTTP11 = b" HTTP/1.1"
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # Characters that form decoding leaves as they are, so the value needs no unquoting.
 _CHALLENGE_BODY = re.compile(rb"challenge=([0-9A-Za-z._~-]{1,%d})" % MAX_CHALLENGE)
-_DIGITS = re.compile(rb"[0-9]{1,7}")
+# Enough digits for any --max-bytes the tap accepts; larger sizes get the normal 413.
+_DIGITS = re.compile(rb"[0-9]{1,12}")
 
 #: Route names as the metrics count them.
 ROOT, RANDOM = "/", "/v1/random"
+
+_log = Logger()
+
+
+class InFlightCount(Protocol):
+    """What a streamed body needs of :class:`entropy_appliance.limits.InFlight`."""
+
+    def enter(self) -> None: ...
+
+    def leave(self) -> None: ...
 
 
 _CANONICAL: dict[bytes, bytes] = {}
@@ -90,12 +116,15 @@ class FastRoutes:
 
     def __init__(self, pool: SeedPool, clock: IClock,
                  rng_header_items: Callable[[], list[tuple[bytes, bytes]]],
-                 observe: Callable[[str, str, int], None], max_bytes: int) -> None:
+                 observe: Callable[[str, str, int], None], max_bytes: int,
+                 chunk_size: int = STREAM_CHUNK) -> None:
         self._pool = pool
         self._clock = clock
         self._rng_header_items = rng_header_items
         self._observe = observe
         self.max_random = min(max_bytes, FAST_MAX_BYTES)
+        self.max_bytes = max_bytes
+        self.chunk_size = chunk_size
         self._date_second = -1
         self._date = b""
 
@@ -148,6 +177,30 @@ class FastRoutes:
         self._observe(RANDOM, "GET", 200)
         return self._response(b"200 OK", items, body)
 
+    def random_stream(self, n: int) -> tuple[bytes, bytes] | bytes:
+        """
+        For ``GET /v1/random?bytes=n`` above :attr:`max_random`: the response
+        head and the first chunk of the body, or, failing closed before the
+        first byte, the whole 503 response.  The rest of the body comes from
+        :meth:`chunk`, and :meth:`streamed` counts the request at its end.
+        """
+        before = [(b"Content-Type", OCTET_STREAM), (b"Content-Length", b"%d" % n)]
+        try:
+            first = self._pool.random_bytes(min(n, self.chunk_size), surface="http")
+        except FailClosed as e:
+            return self._failed(e, RANDOM, "GET", before)
+        return self._response(b"200 OK", before + self._rng_header_items(), b""), first
+
+    def chunk(self, n: int) -> bytes:
+        """``n`` more bytes of a streamed body; raises :class:`FailClosed`."""
+        return self._pool.random_bytes(n, surface="http")
+
+    def streamed(self) -> None:
+        """Count a streamed response once it has ended, as the normal path counts it."""
+        # The normal path counts its status (200: the head was sent) when the
+        # request finishes or its connection is lost, whichever comes first.
+        self._observe(RANDOM, "GET", 200)
+
     @property
     def healthy(self) -> bool:
         """Whether the pool serves now (if not, the normal path writes the 503)."""
@@ -163,11 +216,129 @@ def _dedupe(items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return list(out.values())
 
 
+@implementer(IPullProducer)
+class StreamedBody:
+    """
+    One streamed ``GET /v1/random`` response on a :class:`FastHTTPChannel`:
+    a pull producer on the connection's transport, writing the head and a
+    chunk first and one chunk per ``resumeProducing`` after that.
+
+    It ends in one of three ways, each exactly once: complete (unregister,
+    then hand the connection back to the channel), aborted because the core
+    failed closed (unregister, then abort the connection), or stopped because
+    the connection went away.  Each counts the request in the metrics and
+    leaves the in-flight count.
+    """
+
+    def __init__(self, channel: FastHTTPChannel, routes: FastRoutes, head: bytes, first: bytes,
+                 n: int, inflight: InFlightCount | None) -> None:
+        self._channel = channel
+        self._routes = routes
+        self._head = head
+        self._pending = first
+        self._remaining = n - len(first)
+        self._chunk = routes.chunk_size
+        self._inflight = inflight
+        self._busy = False
+        self.started = False
+        self.finished = False
+        if inflight is not None:
+            inflight.enter()
+
+    def begin(self) -> None:
+        """Write the head and the first chunk, unless the transport has asked for them already."""
+        if not self.started:
+            self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        """The transport has room: write the next chunk (the last one completes the body)."""
+        if self.finished or self._busy:
+            return
+        self._busy = True
+        try:
+            self._step()
+        finally:
+            self._busy = False
+
+    def pauseProducing(self) -> None:
+        """Pull producers are not paused; part of the interface only."""
+
+    def stopProducing(self) -> None:
+        """The connection is going away: produce nothing more (idempotent)."""
+        self._end()
+
+    def _step(self) -> None:
+        transport: Any = self._channel.transport
+        if transport is None:
+            self._end()
+            return
+        data = self._pending
+        self._pending = b""
+        if not data:
+            size = min(self._remaining, self._chunk)
+            try:
+                data = self._routes.chunk(size)
+            except FailClosed as e:
+                self._abort(e.reason)
+                return
+            self._remaining -= size
+        if not self.started:
+            self.started = True
+            transport.writeSequence([self._head, data])
+            self._head = b""
+        else:
+            transport.write(data)
+        if self._remaining == 0 and not self.finished:
+            # Order matters: unregister, give the channel its transport back,
+            # end (a graceful stop may now close the connection), read on.
+            transport.unregisterProducer()
+            self._channel._body_done(self)
+            self._end()
+            self._channel._read_on()
+
+    def _abort(self, reason: str) -> None:
+        _log.warn("aborting a streamed body: {reason}", reason=reason)
+        transport: Any = self._channel.transport
+        self._end()
+        if transport is not None:
+            transport.unregisterProducer()
+            # Cut short, against the announced Content-Length: never complete-looking.
+            transport.abortConnection()
+
+    def _end(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._pending = b""
+        self._routes.streamed()
+        if self._inflight is not None:
+            self._inflight.leave()
+
+
 class FastHTTPChannel(http.HTTPChannel):
     """
-    ``HTTPChannel`` that answers complete, plain fast-path requests inline
+    ``HTTPChannel`` that answers complete, plain fast-path requests itself
     and hands everything else to its parent class at a request boundary.
     """
+
+    _body: StreamedBody | None = None
+    _serving = False
+
+    #: The longest request the OpenAPI document admits (a 4096-character
+    #: pollen challenge, percent-encoded UTF-8, in the query) must fit; the
+    #: line parser's own default is 16 KiB.
+    MAX_LENGTH = 65536
+    totalHeadersSize = 65536
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """Answer an over-long line with a 414 problem, not a silent hang-up."""
+        problem = URITooLong(f"a request line or header is over {self.MAX_LENGTH} bytes")
+        body = problem_body(problem)
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 414 URI Too Long\r\nContent-Type: " + PROBLEM_JSON
+            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """Answer what the fast path can, then let ``HTTPChannel`` parse the rest."""
@@ -179,11 +350,19 @@ class FastHTTPChannel(http.HTTPChannel):
                 return
         super().dataReceived(data)
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        """End a streamed body still running (counted, no longer in flight)."""
+        body, self._body = self._body, None
+        if body is not None:
+            body.stopProducing()
+        super().connectionLost(reason)
+
     def _at_boundary(self) -> bool:
         # Only between requests, with nothing buffered, queued or half-parsed,
         # and while the transport takes our writes.
         return bool(
-            not self.requests
+            self._body is None
+            and not self.requests
             and self.line_mode
             and not self._buffer
             and not self._busyReceiving
@@ -201,19 +380,42 @@ class FastHTTPChannel(http.HTTPChannel):
         pos = 0
         out: list[bytes] = []
         end = len(data)
+        self._serving = True
         try:
             while pos < end:
                 reply, used = self._one(fast, data, pos)
                 if reply is None:
                     break
-                out.append(reply)
                 pos = used
+                if isinstance(reply, bytes):
+                    out.append(reply)
+                    continue
+                if out:
+                    # What is answered before the body goes out before it.
+                    self.transport.writeSequence(out)  # type: ignore[union-attr]
+                    out = []
+                # The rest waits behind the body, as HTTPChannel makes it wait.
+                if pos < end:
+                    self._dataBuffer.append(data[pos:])
+                self._start_body(reply)
+                if self._body is not None:
+                    return b""
+                # The body completed at once (the transport took every chunk
+                # as it was registered): read on here, not by recursion.
+                data = b"".join(self._dataBuffer)
+                self._dataBuffer = []
+                pos, end = 0, len(data)
+                self.setLineMode()
+                if not self._at_boundary():
+                    break
         finally:
+            self._serving = False
             if out and self.transport is not None:
                 self.transport.writeSequence(out)
         return data[pos:] if pos else data
 
-    def _one(self, fast: FastRoutes, data: bytes, pos: int) -> tuple[bytes | None, int]:
+    def _one(self, fast: FastRoutes, data: bytes,
+             pos: int) -> tuple[bytes | StreamedBody | None, int]:
         """Parse one request at ``pos``; return (response, end of request) or (None, pos)."""
         head_end = data.find(b"\r\n\r\n", pos, pos + self.totalHeadersSize)
         if head_end < 0:
@@ -228,7 +430,9 @@ class FastHTTPChannel(http.HTTPChannel):
             if not _DIGITS.fullmatch(digits):
                 return None, pos
             n = int(digits)
-            if not 1 <= n <= fast.max_random:
+            if not 1 <= n <= fast.max_bytes:
+                return None, pos
+            if n > fast.max_random and not self._can_stream():
                 return None, pos
             post = False
         else:
@@ -275,7 +479,14 @@ class FastHTTPChannel(http.HTTPChannel):
             return None, pos
         if not self._admitted(fast):
             return None, pos
-        return fast.random(n), body_start
+        if n <= fast.max_random:
+            return fast.random(n), body_start
+        started = fast.random_stream(n)
+        if isinstance(started, bytes):
+            return started, body_start  # failed closed before the first byte: the 503
+        head, first_chunk = started
+        inflight = getattr(getattr(self, "site", None), "fast_inflight", lambda: None)()
+        return StreamedBody(self, fast, head, first_chunk, n, inflight), body_start
 
     def _admitted(self, fast: FastRoutes) -> bool:
         # While failing closed the normal path writes the 503, with its own counters.
@@ -284,6 +495,56 @@ class FastHTTPChannel(http.HTTPChannel):
         admit = getattr(getattr(self, "site", None), "admit_fast", None)
         return admit is None or bool(admit(self))
 
+    def _can_stream(self) -> bool:
+        # The body's producer takes the channel's place on the transport, so
+        # the transport must be the one the channel is registered on.
+        transport = self.transport
+        return IConsumer.providedBy(transport) and getattr(self, "_networkProducer", None) is transport
+
+    def _start_body(self, body: StreamedBody) -> None:
+        """Register ``body`` on the transport in the channel's place, and start it."""
+        self._body = body
+        # As HTTPChannel does while it answers a request: no idle timeout
+        # (the transport's own idle limit still sees every write), and what
+        # arrives meanwhile is buffered in raw mode, reading paused past a
+        # small amount.
+        if self.timeOut:
+            self._savedTimeOut = self.setTimeout(None)
+        self._handlingRequest = True
+        self.setRawMode()
+        transport: Any = self.transport
+        # One send per chunk (the first one with the head) rather than
+        # several: fewer reactor turns per byte.
+        limit = body._chunk + _HEAD_ROOM
+        if getattr(transport, "SEND_LIMIT", limit) < limit:
+            transport.SEND_LIMIT = limit
+        # The body's producer takes the channel's place on the transport.
+        network: Any = self._networkProducer
+        network.unregisterProducer()
+        transport.registerProducer(body, False)
+        if not body.finished:
+            body.begin()
+
+    def _body_done(self, body: StreamedBody) -> None:
+        """``body`` is complete: the channel takes the transport back."""
+        if self._body is not body:
+            return
+        self._body = None
+        network: Any = self._networkProducer
+        network.registerProducer(self, True)
+        self._handlingRequest = False
+        if not self._waitingForTransport:
+            network.resumeProducing()
+        if self._savedTimeOut:
+            self.setTimeout(self._savedTimeOut)
+
+    def _read_on(self) -> None:
+        """Parse what arrived during a completed body (``_serve`` does it itself)."""
+        if self._serving or self._body is not None:
+            return
+        data = b"".join(self._dataBuffer)
+        self._dataBuffer = []
+        self.setLineMode(data)
 
 def fast_channel_protocol(factory: Any) -> Any:
     """
