@@ -114,8 +114,8 @@ def test_client_hangs_up_mid_stream_and_server_carries_on(app: Appliance) -> Non
     assert curl(app.url("http", "/health")).returncode == 0
 
 
-@pytest.mark.skipif(shutil.which("pollinate") is None, reason="Debian's pollinate is not installed")
 def test_real_pollinate_over_http_and_https(app: Appliance, tmp_path: Path) -> None:
+    assert shutil.which("pollinate"), "install Debian's pollinate: apt-get install -y pollinate"
     for server, extra in [
         (app.url("http", "/"), []),
         (f"https://localhost:{app.ports['https']}/", ["--curl-opts", f"--cacert {app.cert}"]),
