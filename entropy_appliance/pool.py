@@ -171,7 +171,6 @@ class SeedPool:
         self._health_backoff = 1.0
         self._source_error: str | None = None
         self._closed_reason: str | None = "not yet seeded"
-        self._started = clock.seconds()
         self.counters = _Counters()
 
     # -- IConsumer: the producer side ---------------------------------------
