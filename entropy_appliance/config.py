@@ -214,14 +214,3 @@ class EnvironmentOptions(usage.Options):
             super().parseOptions(env_args + argv)
         except usage.UsageError as e:
             raise self._explain(e) from None
-
-    def describe_environment(self) -> list[tuple[str, str]]:
-        """(variable, help) for every option: the list ``--help`` and the README show."""
-        out = []
-        for name in self._option_names():
-            if self._takes_argument(name) or not name.startswith("no-"):
-                out.append((variable_name(name), self.docs.get(name) or ""))
-            else:
-                out.append((variable_name(name[3:]), self.docs.get(name) or ""))
-        return out
-

@@ -667,7 +667,6 @@ class OnionService(Service):
         self._address: str | None = None
         self._published = False
         self._uploads = 0
-        self._upload_failures = 0
         self._failures = 0
         self._session = 0
         self._proto: ControlProtocol | None = None
@@ -827,7 +826,6 @@ class OnionService(Service):
             if self._added:
                 self._set("published", "descriptor uploaded")
         elif action == "FAILED":
-            self._upload_failures += 1
             if not self._published:
                 reason = next((p[7:] for p in parts if p.startswith("REASON=")), "unknown")
                 self._detail = f"a descriptor upload failed ({reason}); tor keeps trying"

@@ -101,7 +101,6 @@ class ReseedPolicy:
 class _Counters:
     bytes_read: int = 0
     source_errors: int = 0
-    chunks_read: int = 0
     seed_draws: int = 0
     seed_draws_short: int = 0
     reseeds: int = 0
@@ -196,7 +195,6 @@ class SeedPool:
         """
         self._pulling = False
         self.counters.bytes_read += len(data)
-        self.counters.chunks_read += 1
         before = sum(self._health.failures.values())
         approved = self._health.feed(data)
         if sum(self._health.failures.values()) != before:
@@ -219,9 +217,9 @@ class SeedPool:
                 "retrying in {delay:.0f} s", name=self.source_name,
                 test=self._health.last_failure, delay=self._health_backoff)
             self._health_retry_at = now + self._health_backoff
+            # write() has already dropped the buffer; the DRBG runs on only
+            # until its next reseed is due.
             self._health_backoff = min(self._health_backoff * 2, MAX_BACKOFF)
-            # The DRBG runs on only until its next reseed is due.
-            self._buffer.clear()
 
     def _maybe_retry_health(self, now: float) -> None:
         if self._health_retry_at is not None and now >= self._health_retry_at:
@@ -396,11 +394,6 @@ class SeedPool:
             served = self.counters.served
             served[surface] = served.get(surface, 0) + n
         return out
-
-    def count_served(self, surface: str, n: int) -> None:
-        """Count ``n`` bytes delivered on ``surface`` outside random_bytes."""
-        served = self.counters.served
-        served[surface] = served.get(surface, 0) + n
 
     def retry_after(self) -> float:
         """A hint, in seconds, for when to try again after FailClosed."""

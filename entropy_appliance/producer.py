@@ -129,7 +129,6 @@ class SourceProducer:
         self._failed = False
         self._retry: IDelayedCall | None = None
         self.errors = 0
-        self.reads = 0
 
     @property
     def failed(self) -> bool:
@@ -152,7 +151,6 @@ class SourceProducer:
         self._reading = False
         if self._stopped:
             return
-        self.reads += 1
         if self._failed:
             self._failed = False
             self._backoff = self._backoff0

@@ -41,7 +41,6 @@ class StreamProtocol(Protocol):
         self._chunk_size = chunk_size
         self._done = False
         self._received = 0
-        self.sent = 0
 
     def connectionMade(self) -> None:
         """Start producing as soon as the client connects."""
@@ -63,7 +62,6 @@ class StreamProtocol(Protocol):
             self.log.warn("closing raw stream: {reason}", reason=e.reason)
             self._finish()
             return
-        self.sent += len(data)
         self.transport.write(data)
 
     def pauseProducing(self) -> None:

@@ -33,6 +33,12 @@ def twistd(cwd: Path, *args: str, env: dict[str, str] | None = None,
         cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+def stream_only(cwd: Path, port: int, source_tree: bool = True) -> subprocess.Popen[bytes]:
+    """The appliance on the kernel source with only the raw stream, on ``port``."""
+    return twistd(cwd, "--source", "kernel", "--stream", f"tcp:{port}:interface=127.0.0.1",
+                  "--http", "none", "--https", "none", source_tree=source_tree)
+
+
 def wait_port(proc: subprocess.Popen[bytes], port: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,8 +85,7 @@ def stop(proc: subprocess.Popen[bytes]) -> str:
 
 def test_twistd_stream_10mb_then_sigterm(tmp_path: Path) -> None:
     port = free_port()
-    proc = twistd(tmp_path, "--source", "kernel", "--stream", f"tcp:{port}:interface=127.0.0.1",
-                  "--http", "none", "--https", "none")
+    proc = stream_only(tmp_path, port)
     try:
         wait_port(proc, port)
         data = read_exactly(port, 10_000_000)
@@ -100,8 +105,7 @@ def test_twistd_stream_10mb_then_sigterm(tmp_path: Path) -> None:
 
 def test_nc_head_gets_exactly_what_it_asked_for(tmp_path: Path) -> None:
     port = free_port()
-    proc = twistd(tmp_path, "--source", "kernel", "--stream", f"tcp:{port}:interface=127.0.0.1",
-                  "--http", "none", "--https", "none")
+    proc = stream_only(tmp_path, port)
     try:
         wait_port(proc, port)
         out = subprocess.run(
@@ -150,8 +154,7 @@ def test_installed_package_runs_without_the_source_tree(tmp_path: Path) -> None:
                     "the README's test command, which installs it with pip install '.[test]'")
     assert "site-packages" in probe.stdout.decode()
     port = free_port()
-    proc = twistd(tmp_path, "--source", "kernel", "--stream", f"tcp:{port}:interface=127.0.0.1",
-                  "--http", "none", "--https", "none", source_tree=False)
+    proc = stream_only(tmp_path, port, source_tree=False)
     try:
         wait_port(proc, port)
         assert len(read_exactly(port, 100_000)) == 100_000
