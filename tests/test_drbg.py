@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import pickle
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,19 +24,13 @@ from entropy_appliance.drbg import (
 
 SECTIONS = {"[AES-256 use df]": True, "[AES-256 no df]": False}
 FILES = ("CTR_DRBG_no_reseed.rsp", "CTR_DRBG_pr_false.rsp")
-# Each file holds 16 sections of 15 cases per AES-256 variant; asking for at
-# least that many keeps a broken parser from passing on an empty list.
-MIN_CASES_PER_FILE_AND_VARIANT = 240
+# Each file holds 16 sections of 15 cases per AES-256 variant; asking for
+# exactly that many keeps a broken parser or a truncated file from passing.
+CASES_PER_FILE_AND_VARIANT = 240
 
 
-def vectors_dir() -> Path:
-    """Where the CAVP files live: $ENTROPY_VECTORS_DIR, or shared/vectors beside the repo."""
-    override = os.environ.get("ENTROPY_VECTORS_DIR")
-    if override:
-        return Path(override)
-    return (
-        Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "cavp-drbg"
-    )
+# NIST CAVP files copied into the repository (see tests/vectors/README).
+VECTORS_DIR = Path(__file__).resolve().parent / "vectors"
 
 
 @dataclass
@@ -105,7 +98,7 @@ def parse_rsp(path: Path) -> list[Case]:
     return cases
 
 
-ALL_CASES = [case for name in FILES for case in parse_rsp(vectors_dir() / name)]
+ALL_CASES = [case for name in FILES for case in parse_rsp(VECTORS_DIR / name)]
 
 
 def test_every_aes256_section_is_loaded() -> None:
@@ -113,7 +106,7 @@ def test_every_aes256_section_is_loaded() -> None:
     per_group = Counter((case.file, case.use_df) for case in ALL_CASES)
     for name in FILES:
         for use_df in (True, False):
-            assert per_group[(name, use_df)] >= MIN_CASES_PER_FILE_AND_VARIANT
+            assert per_group[(name, use_df)] == CASES_PER_FILE_AND_VARIANT
     lengths = {
         (
             case.use_df,
