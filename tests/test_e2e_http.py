@@ -1,7 +1,8 @@
 """
 End to end: ``twist entropy`` as a subprocess on loopback, real curl and pollinate.
 
-HTTP, HTTPS and HTTP/2 (ALPN), a 100 MB streamed body read fast and slowly
+HTTP, HTTPS and HTTP/2 (ALPN), TLS 1.0/1.1 and non-AEAD suites refused (to a
+client shown able to offer them), a 100 MB streamed body read fast and slowly
 with the server's RSS bounded, the real pollinate client, and /metrics
 through prometheus_client's parser.
 """
@@ -11,9 +12,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
+import socketserver
+import ssl
 import subprocess
 import threading
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -58,10 +64,109 @@ def test_http_https_and_h2(app: Appliance) -> None:
     r = curl("--http2", "-k", "-w", "\n%{http_version}", app.url("https", "/v1/uuid?count=3"))
     body, _, version = r.stdout.rpartition(b"\n")
     assert version == b"2" and len(json.loads(body)) == 3
-    # Old protocol versions are refused.
-    r = curl("-k", "--tlsv1.1", "--tls-max", "1.1", app.url("https", "/health"))
-    assert r.returncode != 0
     assert "SHA-256 fingerprint" in app.log()
+
+
+def handshake(port: int, version: ssl.TLSVersion, ciphers: str) -> tuple[str | None, str]:
+    """
+    Complete a TLS handshake on 127.0.0.1:``port`` offering only ``version``
+    and ``ciphers``; return the negotiated (version, suite).  Raises
+    :class:`ssl.SSLError` when the server refuses.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    # SECLEVEL=0 lifts the client's own floor (Debian's OpenSSL refuses TLS 1.0
+    # and 1.1 by itself), so whatever is refused below is refused by the server.
+    ctx.set_ciphers(ciphers + ":@SECLEVEL=0")
+    with warnings.catch_warnings():
+        # Python deprecates naming TLS 1.0/1.1; offering them is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ctx.maximum_version = version
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+        cipher = tls.cipher()
+        assert cipher is not None
+        return tls.version(), cipher[0]
+
+
+class _HandshakeOnly(socketserver.BaseRequestHandler):
+    """Completes (or fails) one server-side handshake, then hangs up."""
+
+    def handle(self) -> None:
+        assert isinstance(self.server, _PermissiveServer)
+        try:
+            with self.server.context.wrap_socket(self.request, server_side=True):
+                pass
+        except OSError:  # ssl.SSLError included: a refused handshake is the client's business
+            pass
+
+
+class _PermissiveServer(socketserver.ThreadingTCPServer):
+    """A TLS server on a free 127.0.0.1 port, one thread per connection."""
+
+    daemon_threads = True
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(("127.0.0.1", 0), _HandshakeOnly)
+        self.context = context
+
+
+@contextmanager
+def permissive_server(key: Path, cert: Path) -> Iterator[int]:
+    """
+    A Python ssl server on 127.0.0.1 with ``key``/``cert`` that accepts TLS 1.0
+    and up with every suite OpenSSL has; yields its port.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.set_ciphers("ALL:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+    with _PermissiveServer(context) as server:
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            yield int(server.server_address[1])
+        finally:
+            server.shutdown()
+            thread.join()
+
+
+#: What the appliance must refuse, each offered alone: (version, suites).  The
+#: key is ECDSA, so these are the CBC suites that would fit it; everything
+#: before TLS 1.2 has only CBC (or worse) suites, so DEFAULT offers all of them.
+REFUSED = {
+    "TLS 1.0": (ssl.TLSVersion.TLSv1, "DEFAULT"),
+    "TLS 1.1": (ssl.TLSVersion.TLSv1_1, "DEFAULT"),
+    "TLS 1.2 ECDHE-ECDSA-AES128-SHA256": (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES128-SHA256"),
+    "TLS 1.2 ECDHE-ECDSA-AES256-SHA": (ssl.TLSVersion.TLSv1_2, "ECDHE-ECDSA-AES256-SHA"),
+}
+
+
+#: How ``SSLSocket.version()`` names each version.
+VERSION_NAMES = {ssl.TLSVersion.TLSv1: "TLSv1", ssl.TLSVersion.TLSv1_1: "TLSv1.1",
+                 ssl.TLSVersion.TLSv1_2: "TLSv1.2"}
+
+
+@pytest.mark.parametrize("offer", list(REFUSED))
+def test_old_versions_and_non_aead_suites_are_refused(app: Appliance, offer: str) -> None:
+    """
+    A client that really offers TLS 1.0/1.1, or only a CBC suite in TLS 1.2,
+    gets no connection; the same client completes that very handshake with
+    a permissive server holding the appliance's key, and reaches the
+    appliance with TLS 1.2 and an AEAD suite.
+    """
+    version, ciphers = REFUSED[offer]
+    with permissive_server(app.cwd / "certs" / "server.key", app.cert) as control:
+        negotiated, suite = handshake(control, version, ciphers)
+    assert negotiated == VERSION_NAMES[version]
+    assert "GCM" not in suite and "CHACHA20" not in suite
+    assert handshake(app.ports["https"], ssl.TLSVersion.TLSv1_2, "ECDHE+AESGCM")[0] == "TLSv1.2"
+    with pytest.raises(ssl.SSLError) as refused:
+        handshake(app.ports["https"], version, ciphers)
+    # The server said no (an alert), rather than the client giving up.
+    assert "ALERT" in str(refused.value.reason), refused.value
 
 
 def test_errors_over_the_wire(app: Appliance) -> None:

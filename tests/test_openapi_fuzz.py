@@ -39,6 +39,8 @@ from schemathesis.engine import StopReason, events, from_schema
 
 from tests.twistd_helpers import Appliance, start_appliance
 
+pytestmark = pytest.mark.e2e
+
 MAX_EXAMPLES = 30
 REQUEST_TIMEOUT = 20.0
 EVENTS_PATH = "/v1/events"

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.python import usage
 
 from entropy_appliance.health import HealthTests
 from entropy_appliance.pool import PoolShort, ReseedPolicy, SeedPool
+from entropy_appliance.tap import Options
 from entropy_appliance.workers import InheritedPort, ParentWatch, encode_ports, parse_ports
 from tests.test_pool import FakeSource, pipeline
 from tests.twistd_helpers import start_appliance
@@ -140,8 +144,49 @@ def test_two_workers_50mb_no_repeated_block_restart_and_stop(tmp_path: Path) -> 
     assert not [p for p in workers if _alive(p)], "workers outlived the parent"
 
 
+def parse_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cores: int | None,
+                  argv: list[str], env: dict[str, str] | None = None) -> Options:
+    """Parse the appliance's options on a machine that reports ``cores`` processors."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    options = Options()
+    options.environ = env or {}
+    options.parseOptions(["--source", "kernel", "--https", "none", *argv])
+    return options
+
+
+@pytest.mark.parametrize(("cores", "given", "expected"), [
+    (6, "auto", 6),
+    (6, " AUTO ", 6),
+    (2, "auto", 2),
+    (64, "auto", 64),
+    (1, "auto", 1),
+    (None, "auto", 1),  # the count is unknown: one worker, no parent
+    (6, "3", 3),
+])
+def test_workers_auto_is_one_per_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                      cores: int | None, given: str, expected: int) -> None:
+    """``--workers auto`` becomes the processor count; a number stays that number."""
+    options = parse_workers(monkeypatch, tmp_path, cores, ["--workers", given])
+    assert options["workers"] == expected
+
+
+def test_workers_auto_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ENTROPY_WORKERS=auto is resolved like the option, and the option wins over it."""
+    assert parse_workers(monkeypatch, tmp_path, 4, [], {"ENTROPY_WORKERS": "auto"})["workers"] == 4
+    assert parse_workers(monkeypatch, tmp_path, 4, ["--workers", "2"],
+                         {"ENTROPY_WORKERS": "auto"})["workers"] == 2
+
+
+@pytest.mark.parametrize("given", ["0", "65", "-1", "many", "auto4", ""])
+def test_workers_bad_values(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, given: str) -> None:
+    """Anything but 1-64 or auto is refused with a message that names the option."""
+    with pytest.raises(usage.UsageError, match="--workers"):
+        parse_workers(monkeypatch, tmp_path, 6, ["--workers", given])
+
+
 @pytest.mark.e2e
-def test_workers_auto_and_bad_values(tmp_path: Path) -> None:
+def test_workers_bad_values_stop_twistd(tmp_path: Path) -> None:
     from tests.test_e2e_stream import TWISTD
 
     for bad, message in [("0", "--workers"), ("many", "--workers")]:
@@ -150,3 +195,35 @@ def test_workers_auto_and_bad_values(tmp_path: Path) -> None:
                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
         assert out.returncode != 0
         assert message in (out.stdout + out.stderr).decode()
+
+
+@pytest.mark.e2e
+def test_workers_auto_starts_one_worker_per_core(tmp_path: Path) -> None:
+    """
+    ``twistd entropy --workers auto`` runs as many workers as this machine
+    has processors: each reports the count in /v1/status, and the parent
+    logs starting each of them and no more.
+    """
+    cores = os.cpu_count() or 1
+    app = start_appliance(tmp_path, "--source", "kernel", "--workers", "auto", "--https", "none")
+    try:
+        deadline = time.monotonic() + 30
+        status: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            try:
+                status = _status(app.url("http", "/v1/status"))
+            except OSError:
+                status = {}
+            if status.get("healthy"):
+                break
+            time.sleep(0.05)
+        assert status.get("healthy"), "the appliance never became healthy"
+        if cores == 1:
+            assert "worker" not in status  # one process serves alone
+            assert "worker 0 started" not in app.log()
+        else:
+            assert status["worker"]["of"] == cores
+            started = set(re.findall(r"worker (\d+) started \(pid \d+\)", app.log()))
+            assert started == {str(i) for i in range(cores)}, app.log()
+    finally:
+        app.stop()
