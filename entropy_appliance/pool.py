@@ -14,10 +14,29 @@ The policy, in one place:
   plus nonce, SP 800-90A §8.6.7).
 - It is reseeded with ``reseed_bits`` worth of approved samples whenever
   ``reseed_interval`` seconds or ``reseed_bytes`` of output have passed.
-- A reseed that is due but cannot be done (no approved samples) makes the
-  pool *fail closed*: :meth:`random_bytes` raises :class:`FailClosed` until a
-  reseed succeeds.  A health failure drops every buffered sample, because a
-  fault may have begun before a test could see it.
+- Two states stop output, and they are kept apart (:class:`PoolState`):
+
+  * *failed*: the source failed its health tests or cannot be read.  The
+    pool fails closed at once: :meth:`random_bytes` raises
+    :class:`FailClosed`, waiters are failed, and :meth:`on_failure`
+    callbacks run so that open streams close.  It serves again only after a
+    reseed from samples that passed a fresh startup test.  A health failure
+    drops every buffered sample, because a fault may have begun before a test
+    could see it.
+  * *starved*: the source is healthy, but the approved samples are too few
+    for a reseed that is due (or for the first instantiation).  This is
+    backpressure: :meth:`random_bytes` raises :class:`Starved` (a
+    :class:`FailClosed`, so a caller that does not wait still refuses), and
+    :meth:`when_ready` gives a Deferred that fires after the next reseed.
+
+- No byte ever leaves an overdue DRBG: a request that would cross a
+  ``reseed_bytes`` boundary is split there and reseeded in between, and it is
+  refused whole, before any output, unless every reseed it needs is in the
+  buffer.
+- The buffer reads ahead of demand: its target is the seed that the reseeds
+  of the last seconds consumed, times :data:`READ_AHEAD` seconds, between the
+  base mark and ``max_buffer``; the reader is asked for chunks as large as the
+  deficit.
 - A fork is detected by a changed pid; the child reseeds before its first
   output, or fails closed.
 
@@ -33,20 +52,34 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol, cast
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IProducer, IPullProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from entropy_appliance.drbg import CtrDrbg, ReseedRequired
+from entropy_appliance.drbg import CtrDrbg
 from entropy_appliance.health import HealthTests
 
 #: The longest wait, in seconds, before a failed source is tested again.
 MAX_BACKOFF = 60.0
 
+#: Seconds of measured seed demand that the buffer holds ahead.
+READ_AHEAD = 2.0
+
+#: The default bound of the read-ahead buffer, in samples.
+MAX_BUFFER = 4 * 1024 * 1024
+
+#: The smallest ``reseed_bytes``: below it a single request would need more
+#: reseeds than a bounded buffer can promise.
+MIN_RESEED_BYTES = 4096
+
 __all__ = [
     "FailClosed",
+    "Starved",
+    "PoolState",
     "PoolShort",
     "SeedPool",
     "ReseedPolicy",
@@ -74,6 +107,25 @@ class FailClosed(Exception):
         self.retry_after = retry_after
 
 
+class Starved(FailClosed):
+    """
+    The source is healthy but seed is short for a reseed that is due: wait
+    (:meth:`SeedPool.when_ready`) rather than give up.  It is a
+    :class:`FailClosed`, so a caller that cannot wait still refuses.
+    """
+
+
+class PoolState(StrEnum):
+    """What the pool can do now; the value is what status documents show."""
+
+    #: Random bytes are served.
+    OK = "ok"
+    #: Healthy source, seed short for a due reseed: output waits.
+    STARVED = "starved"
+    #: The source failed its health tests or cannot be read: fail closed.
+    FAILED = "failed"
+
+
 class PoolShort(Exception):
     """
     The pool cannot spare raw samples without starving the next reseed.
@@ -91,10 +143,10 @@ class ReseedPolicy:
     def __post_init__(self) -> None:
         if not self.interval > 0:
             raise ValueError("reseed interval must be > 0 seconds")
-        if self.max_bytes < 1:
-            raise ValueError("reseed bytes must be >= 1")
         if self.bits < 256:
             raise ValueError("reseed bits must be >= 256 (AES-256 security strength)")
+        if self.max_bytes < MIN_RESEED_BYTES:
+            raise ValueError(f"reseed bytes must be >= {MIN_RESEED_BYTES}")
 
 
 @dataclass
@@ -106,6 +158,9 @@ class _Counters:
     reseeds: int = 0
     reseed_failures: int = 0
     fail_closed_refusals: int = 0
+    starved_refusals: int = 0
+    starved_waits: int = 0
+    starved_seconds: float = 0.0
     bytes_generated: int = 0
     served: dict[str, int] = field(default_factory=dict)
 
@@ -122,10 +177,11 @@ def samples_for_bits(bits: int, min_entropy: float) -> int:
 class SeedPool:
     """
     Health-tests raw source bytes, buffers approved samples up to a
-    high-water mark, and owns the CTR_DRBG.
+    read-ahead target, and owns the CTR_DRBG.
 
     It is the consumer of an :class:`IPullProducer` (the source reader): it
-    asks for more only while it is below ``high_water``.
+    asks for more only while it is below its target, and tells the reader
+    how much it wants (:meth:`read_size`).
     """
 
     log = Logger()
@@ -140,6 +196,7 @@ class SeedPool:
         high_water: int | None = None,
         getpid: Callable[[], int] = os.getpid,
         serving: bool = True,
+        max_buffer: int = MAX_BUFFER,
     ) -> None:
         self._clock = clock
         self._health = health
@@ -151,9 +208,11 @@ class SeedPool:
         self.instantiate_samples = samples_for_bits(
             policy.bits + policy.bits // 2, self.min_entropy
         )
+        #: The buffer's floor: what it holds with no measured demand.
         self.high_water = high_water or max(4 * self.instantiate_samples, 4096)
         if self.high_water < self.instantiate_samples:
             raise ValueError("high-water mark is below one instantiation's seed")
+        self.max_buffer = max(max_buffer, self.high_water)
         self._getpid = getpid
         #: False in a parent that only relays seed material to workers: it
         #: never instantiates a DRBG of its own.
@@ -169,7 +228,20 @@ class SeedPool:
         self._health_retry_at: float | None = None
         self._health_backoff = 1.0
         self._source_error: str | None = None
-        self._closed_reason: str | None = "not yet seeded"
+        #: Why the pool fails closed (the source failed), or None.
+        self._failure: str | None = None
+        #: Since when the pool has been starved, or None.  Not yet seeded
+        #: counts as starved from the start.
+        self._starved_since: float | None = clock.seconds() if serving else None
+        #: The samples a refused request needs at once.
+        self._wanted = 0
+        # Demand: samples drawn since the last measurement, and its rate.
+        self._drawn = 0
+        self._demand_at = clock.seconds()
+        self._demand = 0.0
+        #: Who waits for how many bytes.
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+        self._failure_callbacks: set[Callable[[FailClosed], object]] = set()
         self.counters = _Counters()
 
     # -- IConsumer: the producer side ---------------------------------------
@@ -201,13 +273,16 @@ class SeedPool:
             # A fault may predate its detection; nothing buffered is trusted.
             self._buffer.clear()
         if approved:
-            room = self.high_water - len(self._buffer)
+            room = self.target() - len(self._buffer)
             self._buffer += approved[:room]
         self._source_state = self._health.state
+        now = self._clock.seconds()
         if self._health.state == "failed":
-            self._health_failed(self._clock.seconds())
-        elif self.serving and self._needs_seed():
-            self._try_reseed(self._clock.seconds())
+            self._health_failed(now)
+        elif self.serving:
+            if self._needs_seed(now):
+                self._try_reseed(now)
+            self._wake(now)
         self._pull()
 
     def _health_failed(self, now: float) -> None:
@@ -217,9 +292,8 @@ class SeedPool:
                 "retrying in {delay:.0f} s", name=self.source_name,
                 test=self._health.last_failure, delay=self._health_backoff)
             self._health_retry_at = now + self._health_backoff
-            # write() has already dropped the buffer; the DRBG runs on only
-            # until its next reseed is due.
             self._health_backoff = min(self._health_backoff * 2, MAX_BACKOFF)
+        self._fail(f"source failed its health tests ({self._health.last_failure})")
 
     def _maybe_retry_health(self, now: float) -> None:
         if self._health_retry_at is not None and now >= self._health_retry_at:
@@ -240,6 +314,7 @@ class SeedPool:
                            name=self.source_name, reason=reason)
         self._source_state = "failed"
         self._source_error = reason
+        self._fail(f"source failed: {reason}")
 
     def source_recovered(self) -> None:
         """The producer could read the source again: run the startup test."""
@@ -249,24 +324,47 @@ class SeedPool:
         self._source_state = self._health.state
         self._source_error = None
 
+    def _fail(self, reason: str) -> None:
+        """Fail closed now: refuse, fail every waiter, tell every watcher."""
+        if self._failure is None:
+            self.log.error("failing closed: {reason}", reason=reason)
+        self._failure = reason
+        if self._starved_since is not None:
+            self._end_starvation(self._clock.seconds())
+        error = FailClosed(reason, self.retry_after())
+        waiters, self._waiters = self._waiters, []
+        for _, d in waiters:
+            d.errback(error)
+        for callback in list(self._failure_callbacks):
+            callback(error)
+
+    def target(self) -> int:
+        """The buffer level the pool reads up to now."""
+        ahead = int(self._demand * READ_AHEAD)
+        return min(self.max_buffer, max(self.high_water, ahead, self._wanted))
+
+    def read_size(self) -> int:
+        """How many bytes the reader should fetch next: the buffer's deficit."""
+        return max(1, self.target() - len(self._buffer))
+
     def _pull(self) -> None:
         if (
             self._producer is not None
             and not self._pulling
-            and len(self._buffer) < self.high_water
+            and len(self._buffer) < self.target()
             and self._source_state != "failed"
         ):
             self._pulling = True
             self._producer.resumeProducing()
 
     def nudge(self) -> None:
-        """Ask the producer for more if the pool is below its mark."""
+        """Ask the producer for more if the pool is below its target."""
         self._pull()
 
     # -- seeding --------------------------------------------------------------
 
-    def _needs_seed(self) -> bool:
-        return self._drbg is None or self._closed_reason is not None
+    def _needs_seed(self, now: float) -> bool:
+        return self._drbg is None or self._failure is not None or self._reseed_due(now)
 
     def _take(self, n: int) -> bytes | None:
         self.counters.seed_draws += 1
@@ -275,6 +373,7 @@ class SeedPool:
             return None
         out = bytes(self._buffer[:n])
         del self._buffer[:n]
+        self._drawn += n
         return out
 
     def _personalization(self) -> bytes:
@@ -283,6 +382,9 @@ class SeedPool:
         )
 
     def _try_reseed(self, now: float) -> bool:
+        """Instantiate or reseed from the buffer; wake the waiters on success."""
+        if self._source_state == "failed":
+            return False
         if self._drbg is None:
             seed = self._take(self.instantiate_samples)
             if seed is None:
@@ -298,22 +400,62 @@ class SeedPool:
             if seed is None:
                 return False
             self._drbg.reseed(seed)
+        self._reseeded(now)
+        return True
+
+    def _reseeded(self, now: float) -> None:
         self._last_reseed = now
         self._bytes_since_reseed = 0
         self.counters.reseeds += 1
-        if self._closed_reason is not None:
-            self.log.info("serving random bytes (was: {why})", why=self._closed_reason)
-        self._closed_reason = None
         self._health_backoff = 1.0
-        self._pull()
-        return True
+        if self._failure is not None:
+            self.log.info("serving random bytes again (was: {why})", why=self._failure)
+            self._failure = None
+        self._wake(now)
 
     def _reseed_due(self, now: float) -> bool:
-        assert self._last_reseed is not None
-        return (
+        return self._last_reseed is not None and (
             now - self._last_reseed >= self.policy.interval
             or self._bytes_since_reseed >= self.policy.max_bytes
         )
+
+    def _seed_needed(self, n: int, now: float) -> int:
+        """The approved samples that serving ``n`` bytes now takes."""
+        cap = self.policy.max_bytes
+        if self._drbg is None:
+            return self.instantiate_samples + max(0, -(-n // cap) - 1) * self.reseed_samples
+        due = self._reseed_due(now)
+        used = 0 if due else self._bytes_since_reseed
+        reseeds = int(due) + max(0, -(-(used + n) // cap) - 1)
+        return reseeds * self.reseed_samples
+
+    def _wake(self, now: float) -> None:
+        """End starvation once a plain request can be served; fire the waiters that can be."""
+        if self._failure is not None:
+            return
+        if self._starved_since is not None and len(self._buffer) >= self._seed_needed(0, now):
+            if self._drbg is None and self.serving:
+                self._try_reseed(now)
+            self._end_starvation(now)
+            self._wanted = 0
+        for entry in list(self._waiters):
+            if self._failure is not None:
+                return
+            if entry in self._waiters and len(self._buffer) >= self._seed_needed(entry[0], now):
+                self._waiters.remove(entry)
+                entry[1].callback(None)
+        self._pull()
+
+    def _starve(self, now: float, wanted: int) -> None:
+        if self._starved_since is None:
+            self._starved_since = now
+        self._wanted = max(self._wanted, min(wanted, self.max_buffer))
+        self._pull()
+
+    def _end_starvation(self, now: float) -> None:
+        if self._starved_since is not None:
+            self.counters.starved_seconds += max(0.0, now - self._starved_since)
+            self._starved_since = None
 
     def _forked(self) -> None:
         """
@@ -325,47 +467,116 @@ class SeedPool:
                       old=self._pid, new=self._getpid())
         self._pid = self._getpid()
         self._drbg = None
+        self._last_reseed = None
         self._buffer.clear()
-        self._closed_reason = "process forked; waiting for fresh seed material"
+        self._waiters = []
+        self._starved_since = self._clock.seconds() if self.serving else None
         self._pulling = False
         after_fork = getattr(self._producer, "after_fork", None)
         if after_fork is not None:
             after_fork()
         self._pull()
 
+    def _measure_demand(self, now: float) -> None:
+        elapsed = now - self._demand_at
+        if elapsed >= 0.5:
+            rate = self._drawn / elapsed
+            # Rise at once, decay slowly: bursts come back.
+            self._demand = rate if rate > self._demand else 0.8 * self._demand + 0.2 * rate
+            self._drawn = 0
+            self._demand_at = now
+
     def tick(self) -> None:
         """
         Reseed now if a reseed is due; called on the reseed interval so that
-        an idle pool still reseeds, and fails closed on time.
+        an idle pool still reseeds on time.  A due reseed that cannot be done
+        starves the pool until samples arrive.
         """
         now = self._clock.seconds()
+        self._measure_demand(now)
         self._maybe_retry_health(now)
-        if not self.serving:
+        if not self.serving or self._failure is not None:
+            self._pull()
             return
-        if self._drbg is None or self._closed_reason is not None or self._reseed_due(now):
-            self._reseed_or_close(now)
-
-    def _reseed_or_close(self, now: float) -> None:
-        if not self._try_reseed(now):
+        if self._needs_seed(now) and not self._try_reseed(now):
             self.counters.reseed_failures += 1
-            if self._closed_reason is None:
-                self.log.error("reseed due and no healthy seed material: failing closed")
-            self._closed_reason = self._explain_shortage()
-
-    def _explain_shortage(self) -> str:
-        if self._source_state == "failed":
-            return self._source_error and f"source failed: {self._source_error}" or (
-                "source failed its health tests")
-        if self._drbg is None:
-            return "not yet seeded"
-        return "reseed due and no healthy seed material available"
+            self._starve(now, self._seed_needed(0, now))
+        self._wake(now)
 
     # -- output ---------------------------------------------------------------
+
+    def _check(self, n: int, now: float) -> None:
+        """Raise FailClosed or Starved unless ``n`` bytes can be served now."""
+        if self._getpid() != self._pid:
+            self._forked()
+        if self._failure is not None:
+            self.counters.fail_closed_refusals += 1
+            raise FailClosed(self.closed_reason or "source failed", self.retry_after())
+        need = self._seed_needed(n, now)
+        if len(self._buffer) < need:
+            self.counters.seed_draws_short += 1
+            if self._drbg is None:
+                self._refuse_starved(now, need, "waiting for the first seed")
+            self._refuse_starved(now, need, "reseed due and the seed pool is refilling")
+        if self._drbg is None and self.serving:
+            self._try_reseed(now)
+
+    def _refuse_starved(self, now: float, wanted: int, reason: str) -> None:
+        self._starve(now, wanted)
+        self.counters.starved_refusals += 1
+        raise Starved(reason, self.retry_after())
+
+    def ready(self, n: int = 0) -> bool:
+        """
+        Whether ``random_bytes(n)`` would be served now (a due reseed is done
+        here).  False marks the pool starved or reports it failed; it never
+        raises.
+        """
+        try:
+            self._check(n, self._clock.seconds())
+        except FailClosed:
+            return False
+        return True
+
+    def when_ready(self, n: int = 0) -> Deferred[None]:
+        """
+        A Deferred that fires when ``random_bytes(n)`` can be served: at
+        once if it can now, else as soon as enough seed has arrived.  It
+        fails with :class:`FailClosed` if the source fails first.
+        Cancelling it withdraws the wait.
+        """
+        try:
+            self._check(n, self._clock.seconds())
+        except Starved:
+            pass
+        except FailClosed as e:
+            return fail(e)
+        else:
+            return succeed(None)
+        self.counters.starved_waits += 1
+        entry: tuple[int, Deferred[None]]
+
+        def withdraw(_: Deferred[None]) -> None:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+        entry = (n, Deferred(withdraw))
+        self._waiters.append(entry)
+        return entry[1]
+
+    def on_failure(self, callback: Callable[[FailClosed], object]) -> Callable[[], None]:
+        """
+        Call ``callback`` each time the pool fails closed (the source
+        failed); returns the function that removes it.
+        """
+        self._failure_callbacks.add(callback)
+        return lambda: self._failure_callbacks.discard(callback)
 
     def random_bytes(self, n: int, additional_input: bytes = b"",
                      surface: str | None = None) -> bytes:
         """
-        Return ``n`` bytes of CTR_DRBG output, or raise :class:`FailClosed`.
+        Return ``n`` bytes of CTR_DRBG output, or raise :class:`Starved` or
+        :class:`FailClosed` before producing any.
 
         ``surface`` (e.g. ``"stream"``, ``"http"``) is counted in the
         bytes-served figures.
@@ -373,27 +584,36 @@ class SeedPool:
         if n < 0:
             raise ValueError("n must be >= 0")
         now = self._clock.seconds()
-        if self._getpid() != self._pid:
-            self._forked()
-        if self._closed_reason is not None or self._drbg is None or self._reseed_due(now):
-            self._reseed_or_close(now)
-            if self._closed_reason is not None:
-                self.counters.fail_closed_refusals += 1
-                raise FailClosed(self._closed_reason, self.retry_after())
-        assert self._drbg is not None
-        try:
-            out = self._drbg.generate(n, additional_input)
-        except ReseedRequired:
-            self._reseed_or_close(now)
-            if self._closed_reason is not None:
-                raise FailClosed(self._closed_reason, self.retry_after()) from None
-            out = self._drbg.generate(n, additional_input)
-        self._bytes_since_reseed += n
+        self._check(n, now)
+        drbg = self._drbg
+        assert drbg is not None
+        if self._reseed_due(now):
+            self._try_reseed(now)
+        room = self.policy.max_bytes - self._bytes_since_reseed
+        if n <= room:
+            out = drbg.generate(n, additional_input)
+            self._bytes_since_reseed += n
+        else:
+            out = self._generate_split(drbg, n, room, additional_input, now)
         self.counters.bytes_generated += n
         if surface is not None:
             served = self.counters.served
             served[surface] = served.get(surface, 0) + n
         return out
+
+    def _generate_split(self, drbg: CtrDrbg, n: int, room: int, additional_input: bytes,
+                        now: float) -> bytes:
+        """Serve ``n`` bytes across reseed boundaries (``_check`` saw the seed)."""
+        parts = [drbg.generate(room, additional_input)] if room else []
+        left = n - room
+        while left:
+            if not self._try_reseed(now):
+                raise AssertionError("seed vanished between the check and the reseed")
+            piece = min(left, self.policy.max_bytes)
+            parts.append(drbg.generate(piece))
+            self._bytes_since_reseed = piece
+            left -= piece
+        return b"".join(parts)
 
     def retry_after(self) -> float:
         """A hint, in seconds, for when to try again after FailClosed."""
@@ -435,20 +655,47 @@ class SeedPool:
         out = bytes(self._buffer[:n])
         del self._buffer[:n]
         self.counters.seed_draws += 1
+        self._drawn += len(out)
         self._pull()
         return out
 
     # -- reporting ------------------------------------------------------------
 
     @property
+    def state(self) -> PoolState:
+        """ok, starved or failed (see :class:`PoolState`)."""
+        if self._failure is not None or self._source_state == "failed":
+            return PoolState.FAILED
+        if self.serving and (
+                self._drbg is None or self._starved_since is not None
+                or len(self._buffer) < self._seed_needed(0, self._clock.seconds())):
+            return PoolState.STARVED
+        return PoolState.OK
+
+    @property
     def healthy(self) -> bool:
         """True while random bytes may be served."""
-        return self._closed_reason is None and self._drbg is not None
+        return self.state is PoolState.OK
 
     @property
     def closed_reason(self) -> str | None:
-        """Why the pool fails closed, or None."""
-        return self._closed_reason
+        """Why no byte is served now, or None."""
+        if self._failure is not None:
+            return self._failure
+        if self._source_state == "failed":
+            return self._source_error and f"source failed: {self._source_error}" or (
+                "source failed its health tests")
+        if self._drbg is None:
+            return "waiting for the first seed"
+        if self.state is PoolState.STARVED:
+            return "reseed due and the seed pool is refilling"
+        return None
+
+    def starved_for(self) -> float:
+        """Seconds the pool has been starved without a break (0 if it is not)."""
+        if self._starved_since is None:
+            return 0.0
+        return max(0.0, self._clock.seconds() - self._starved_since)
 
     def status(self) -> dict[str, Any]:
         """One snapshot of every counter, JSON-ready."""
@@ -456,9 +703,17 @@ class SeedPool:
         c = self.counters
         health = self._health
         age = None if self._last_reseed is None else max(0.0, now - self._last_reseed)
+        starved_now = self.starved_for()
         return {
+            "state": self.state.value,
             "healthy": self.healthy,
-            "reason": self._closed_reason,
+            "reason": self.closed_reason,
+            "starved": {
+                "seconds": starved_now,
+                "total_seconds": c.starved_seconds + starved_now,
+                "waits": c.starved_waits,
+                "refusals": c.starved_refusals,
+            },
             "source": {
                 "name": self.source_name,
                 "kind": self.source_kind,
@@ -479,8 +734,9 @@ class SeedPool:
             },
             "pool": {
                 "fill_bytes": len(self._buffer),
-                "fill_percent": round(100.0 * len(self._buffer) / self.high_water, 2),
-                "high_water_bytes": self.high_water,
+                "fill_percent": round(100.0 * len(self._buffer) / self.target(), 2),
+                "high_water_bytes": self.target(),
+                "demand_bytes_per_second": round(self._demand, 1),
                 "pressure": (c.seed_draws_short / c.seed_draws) if c.seed_draws else 0.0,
                 "seed_draws": c.seed_draws,
                 "seed_draws_short": c.seed_draws_short,

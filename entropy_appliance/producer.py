@@ -102,6 +102,11 @@ class SourceProducer:
 
     ``run`` runs a blocking callable off the reactor thread and returns a
     Deferred; tests pass a synchronous one.
+
+    The size of each read is what the consumer asks for
+    (``consumer.read_size()``, when it has one) between ``chunk_size`` and
+    ``max_chunk``: a pool that falls behind its demand gets bigger reads,
+    and so fewer thread round trips per byte.
     """
 
     log = Logger()
@@ -113,6 +118,7 @@ class SourceProducer:
         run: Callable[[Callable[[], bytes]], Deferred[bytes]],
         clock: IReactorTime,
         chunk_size: int = 4096,
+        max_chunk: int = 1024 * 1024,
         backoff: float = 1.0,
         max_backoff: float = 60.0,
     ) -> None:
@@ -121,6 +127,7 @@ class SourceProducer:
         self._run = run
         self._clock = clock
         self.chunk_size = chunk_size
+        self.max_chunk = max(chunk_size, max_chunk)
         self._backoff0 = backoff
         self._backoff = backoff
         self._max_backoff = max_backoff
@@ -144,7 +151,11 @@ class SourceProducer:
         if self._reading or self._stopped or self._retry is not None:
             return
         self._reading = True
-        d = self._run(lambda: self.source.read(self.chunk_size))
+        size = self.chunk_size
+        wanted = getattr(self._consumer, "read_size", None)
+        if wanted is not None:
+            size = min(self.max_chunk, max(size, wanted()))
+        d = self._run(lambda: self.source.read(size))
         d.addCallbacks(self._got, self._lost)
 
     def _got(self, data: bytes) -> None:

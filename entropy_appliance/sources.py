@@ -112,23 +112,23 @@ class DeviceSource:
         return self._fd
 
     def read(self, n: int) -> bytes:
-        """Read exactly ``n`` bytes; a short read at EOF is an error."""
+        """
+        Read up to ``n`` bytes: whatever one read returns, at least one
+        byte.  A slow device (a board hwrng gives a few KB/s) is not made to
+        fill a large request before anything is tested and used.  EOF is an
+        error.
+        """
         fd = self._open()
-        parts: list[bytes] = []
-        want = n
-        while want:
-            try:
-                chunk = os.read(fd, want)
-            except OSError as e:
-                self.close()
-                name = errno.errorcode.get(e.errno or 0, "error")
-                raise SourceError(f"{name} reading {self.path}: {e.strerror}") from e
-            if not chunk:
-                self.close()
-                raise SourceError(f"end of file on {self.path}")
-            parts.append(chunk)
-            want -= len(chunk)
-        return b"".join(parts)
+        try:
+            chunk = os.read(fd, n)
+        except OSError as e:
+            self.close()
+            name = errno.errorcode.get(e.errno or 0, "error")
+            raise SourceError(f"{name} reading {self.path}: {e.strerror}") from e
+        if not chunk:
+            self.close()
+            raise SourceError(f"end of file on {self.path}")
+        return chunk
 
     def close(self) -> None:
         """Close the file descriptor if open."""

@@ -3,22 +3,25 @@ The raw TCP byte stream: connect, and read random bytes until you hang up.
 
 Each connection registers a pull producer on its own transport, so DRBG
 output is generated only as fast as the socket drains: a slow reader never
-makes the process buffer more than one chunk.  When the pool fails closed the
-connection is closed without another byte.  What the client sends is
-discarded, and a client that keeps sending is disconnected.
+makes the process buffer more than one chunk.  While the pool is starved the
+connection stays open and writes nothing; it resumes when the pool has
+reseeded.  When the source fails, every stream is closed without another
+byte (the factory watches the pool).  What the client sends is discarded,
+and a client that keeps sending is disconnected.
 """
 
 from __future__ import annotations
 
 from typing import cast
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IAddress, IConsumer, IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from entropy_appliance.pool import FailClosed, SeedPool
+from entropy_appliance.pool import FailClosed, SeedPool, Starved
 
 __all__ = ["StreamProtocol", "StreamFactory", "CHUNK_SIZE", "MAX_CLIENT_INPUT"]
 
@@ -41,6 +44,7 @@ class StreamProtocol(Protocol):
         self._chunk_size = chunk_size
         self._done = False
         self._received = 0
+        self._waiting: Deferred[None] | None = None
 
     def connectionMade(self) -> None:
         """Start producing as soon as the client connects."""
@@ -52,17 +56,39 @@ class StreamProtocol(Protocol):
         cast(IConsumer, transport).registerProducer(self, False)
 
     def resumeProducing(self) -> None:
-        """Write one chunk of DRBG output, or close if the pool fails closed."""
-        if self._done:
+        """
+        Write one chunk of DRBG output; wait while the pool is starved;
+        close if it fails closed.
+        """
+        if self._done or self._waiting is not None:
             return
         assert self.transport is not None
         try:
             data = self._pool.random_bytes(self._chunk_size, surface="stream")
+        except Starved:
+            # Nothing is written, so the transport will not ask again: the
+            # pool's wait does, once it has reseeded.
+            self._waiting = self._pool.when_ready(self._chunk_size)
+            self._waiting.addCallbacks(self._seeded, self._failed)
+            return
         except FailClosed as e:
-            self.log.warn("closing raw stream: {reason}", reason=e.reason)
-            self._finish()
+            self._failed_with(e)
             return
         self.transport.write(data)
+
+    def _seeded(self, _: object) -> None:
+        self._waiting = None
+        self.resumeProducing()
+
+    def _failed(self, failure: Failure) -> None:
+        self._waiting = None
+        if isinstance(failure.value, FailClosed):
+            self._failed_with(failure.value)
+
+    def _failed_with(self, e: FailClosed) -> None:
+        if not self._done:
+            self.log.warn("closing raw stream: {reason}", reason=e.reason)
+            self._finish()
 
     def pauseProducing(self) -> None:
         """Pull producers are never paused; part of the interface only."""
@@ -70,6 +96,13 @@ class StreamProtocol(Protocol):
     def stopProducing(self) -> None:
         """The transport is going away: produce nothing more."""
         self._done = True
+        self._stop_waiting()
+
+    def _stop_waiting(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.addErrback(lambda _: None)
+            waiting.cancel()
 
     def _finish(self) -> None:
         if self._done:
@@ -95,6 +128,7 @@ class StreamProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:
         """Stop producing for good."""
         self._done = True
+        self._stop_waiting()
         factory = self.factory
         if isinstance(factory, StreamFactory):
             factory.live.discard(self)
@@ -108,8 +142,15 @@ class StreamFactory(Factory):
     def __init__(self, pool: SeedPool, chunk_size: int = CHUNK_SIZE) -> None:
         self.pool = pool
         self.chunk_size = chunk_size
-        #: Open connections, so that a stop can close them.
+        #: Open connections, so that a stop or a failed source can close them.
         self.live: set[StreamProtocol] = set()
+        # A stream that is waiting on a full socket would otherwise learn of
+        # a failed source only when its reader next drains it.
+        pool.on_failure(self._source_failed)
+
+    def _source_failed(self, e: FailClosed) -> None:
+        for p in list(self.live):
+            p._failed_with(e)
 
     def buildProtocol(self, addr: IAddress | None) -> StreamProtocol:
         """A new stream for ``addr``."""

@@ -25,9 +25,11 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 __all__ = ["NotifyService", "sd_notify", "status_line", "STATUS_INTERVAL"]
 
@@ -78,10 +80,16 @@ def status_line(status: Mapping[str, Any]) -> str:
     source = status.get("source", {})
     name = source.get("name", "?")
     kind = source.get("kind", "?")
-    state = source.get("state", "?")
-    head = "serving" if status.get("healthy") else (
-        f"FAILING CLOSED ({_one_line(status.get('reason') or 'unknown reason')})")
-    parts = [head, f"source {name} ({kind}) {state}"]
+    state = status.get("state", "ok" if status.get("healthy") else "failed")
+    starved = status.get("starved") or {}
+    if state == "ok":
+        head = "serving"
+    elif state == "starved":
+        head = (f"STARVED for {starved.get('seconds', 0.0):.1f} s, waiting for seed "
+                f"({_one_line(status.get('reason') or 'seed pool refilling')})")
+    else:
+        head = f"FAILING CLOSED ({_one_line(status.get('reason') or 'unknown reason')})"
+    parts = [head, f"source {name} ({kind}) {source.get('state', '?')}"]
     failures = {k: v for k, v in (source.get("health_failures") or {}).items() if v}
     if failures:
         parts.append("health failures " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
@@ -95,26 +103,36 @@ def status_line(status: Mapping[str, Any]) -> str:
     pool = status.get("pool", {})
     if "fill_percent" in pool:
         parts.append(f"seed pool {pool['fill_percent']:.0f}%")
+    if starved.get("waits"):
+        parts.append(f"starved {starved.get('total_seconds', 0.0):.1f} s in all, "
+                     f"{starved['waits']} waits")
     return "; ".join(parts)
 
 
 class NotifyService(Service):
     """
-    Tells systemd READY=1 when started, STATUS= every ``interval`` seconds,
-    and STOPPING=1 when stopped.
+    Tells systemd READY=1 once the appliance can serve, STATUS= every
+    ``interval`` seconds, and STOPPING=1 when stopped.
 
-    ``pool_status`` returns a :meth:`SeedPool.status`-shaped dict; ``clock``
-    schedules the updates; ``notify`` sends one message (default
-    :func:`sd_notify`).
+    ``pool_status`` returns a :meth:`SeedPool.status`-shaped dict; ``ready``
+    returns a Deferred that fires once random bytes can be served (the first
+    seed is in), and fails if the source fails first (then it is asked again
+    a second later); ``clock`` schedules the updates; ``notify`` sends one
+    message (default :func:`sd_notify`).
     """
 
     def __init__(self, pool_status: Callable[[], Mapping[str, Any]], clock: IReactorTime,
                  notify: Callable[[str], object] = sd_notify,
-                 interval: float = STATUS_INTERVAL) -> None:
+                 interval: float = STATUS_INTERVAL,
+                 ready: Callable[[], Deferred[None]] = lambda: succeed(None)) -> None:
         self._pool_status = pool_status
         self._clock = clock
         self._notify = notify
         self._interval = interval
+        self._ready = ready
+        self._waiting: Deferred[None] | None = None
+        self._retry: IDelayedCall | None = None
+        self.announced = False
         self._loop: LoopingCall | None = None
 
     def _status(self) -> str:
@@ -124,13 +142,33 @@ class NotifyService(Service):
             return f"status unavailable: {_one_line(e)}"
 
     def startService(self) -> None:
-        """Every earlier sibling is listening: report READY=1 with the first status."""
+        """
+        Every earlier sibling is listening: report READY=1 with the first
+        status as soon as the pool is seeded.
+        """
         super().startService()
-        self._notify(f"READY=1\nSTATUS={self._status()}")
+        self._await_ready()
         loop = LoopingCall(self.update)
         loop.clock = self._clock
         loop.start(self._interval, now=False)
         self._loop = loop
+
+    def _await_ready(self) -> None:
+        self._retry = None
+        waiting = self._waiting = self._ready()
+        waiting.addCallbacks(self._announce, self._not_yet)
+
+    def _announce(self, _: object) -> None:
+        self._waiting = None
+        if self.running and not self.announced:
+            self.announced = True
+            self._notify(f"READY=1\nSTATUS={self._status()}")
+
+    def _not_yet(self, failure: Failure) -> None:
+        # The source failed before the first seed: wait for its recovery.
+        self._waiting = None
+        if self.running:
+            self._retry = self._clock.callLater(1.0, self._await_ready)
 
     def update(self) -> None:
         """Send the current STATUS= line."""
@@ -139,6 +177,13 @@ class NotifyService(Service):
     def stopService(self) -> None:
         """Report STOPPING=1 before the listeners close."""
         super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.addErrback(lambda _: None)
+            waiting.cancel()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None

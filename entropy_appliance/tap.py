@@ -19,7 +19,7 @@ from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from entropy_appliance.config import EnvironmentOptions
-from entropy_appliance.pool import ReseedPolicy
+from entropy_appliance.pool import MIN_RESEED_BYTES, ReseedPolicy
 from entropy_appliance.sources import DEFAULT_MIN_ENTROPY, SourceSpec, detect, open_source, parse_source
 from entropy_appliance.units import parse_size
 
@@ -67,6 +67,10 @@ class Options(EnvironmentOptions):
         ["reseed-interval", None, "1.0", "Reseed the DRBG at least every SECONDS."],
         ["reseed-bytes", None, "64M", "Reseed the DRBG after this many output bytes (K/M/G suffixes)."],
         ["reseed-bits", None, "384", "Bits of entropy input per reseed (at least 256)."],
+        ["seed-wait", None, "5",
+         "While the seed pool is starved (healthy source, reseed due, seed short), HTTP requests "
+         "wait up to SECONDS for it, then get 503; /health turns 503 after starving this long. "
+         "0: no wait."],
         ["min-entropy", None, None,
          "Claimed min-entropy per 8-bit sample, 0 < H <= 8 (default by source kind: "
          "kernel 8, quantis 7, hwrng/chaoskey/device 1)."],
@@ -230,8 +234,17 @@ class Options(EnvironmentOptions):
             max_bytes = parse_size(self["reseed-bytes"])
         except ValueError as e:
             raise usage.UsageError(f"--reseed-bytes: {e}") from None
-        if not 1 <= max_bytes <= 2 ** 40:
-            raise usage.UsageError("--reseed-bytes: must be between 1 and 1T")
+        if not MIN_RESEED_BYTES <= max_bytes <= 2 ** 40:
+            raise usage.UsageError(
+                f"--reseed-bytes {self['reseed-bytes']!r}: must be between 4K ({MIN_RESEED_BYTES}) and 1T")
+        try:
+            seed_wait = float(self["seed-wait"])
+        except ValueError:
+            seed_wait = math.nan
+        if not 0 <= seed_wait <= 300:
+            raise usage.UsageError(
+                f"--seed-wait {self['seed-wait']!r}: must be seconds, 0 <= S <= 300")
+        self["seed_wait"] = seed_wait
         try:
             bits = int(self["reseed-bits"])
         except ValueError:
@@ -420,7 +433,8 @@ def _web_service(options: Options, reactor: Any, pool: Any, listen: Listen, guar
 
     log = Logger()
     web = EntropyWeb(pool, reactor, listeners=options["http"] + options["https"],
-                     max_bytes=options["max-bytes"], status_extras=status_extras)
+                     max_bytes=options["max-bytes"], status_extras=status_extras,
+                     seed_wait=options["seed_wait"])
     policy = options["peer_policy"]
     site = web.site(h2=not options["no-h2"], timeout=policy.idle_timeout or None)
     site.resource = guard.wrap_resource(site.resource, observe=web.observe)
@@ -554,9 +568,13 @@ def makeService(options: Options) -> IService:
 
     supervisor = None
     if mode == "parent":
+        from entropy_appliance.health import rct_cutoff
         from entropy_appliance.workers import WorkerSupervisor
 
-        supervisor = WorkerSupervisor(reactor, options["workers"], options.argv, held, pool.take_seed)
+        mark = bytes(rct_cutoff(options["min-entropy"], options["alpha"]) + 1)
+        supervisor = WorkerSupervisor(reactor, options["workers"], options.argv, held, pool.take_seed,
+                                      failure_mark=mark)
+        pool.on_failure(lambda _: supervisor.source_failed())
         supervisor.setServiceParent(top)
 
     ReloadService(reactor, tls_contexts,
@@ -567,6 +585,6 @@ def makeService(options: Options) -> IService:
         # (READY=1) and stops first (STOPPING=1).  Without $NOTIFY_SOCKET it is silent.
         from entropy_appliance.systemd import NotifyService
 
-        NotifyService(pool.status, reactor).setServiceParent(top)
+        NotifyService(pool.status, reactor, ready=pool.when_ready).setServiceParent(top)
 
     return top

@@ -270,6 +270,7 @@ class WorkerSupervisor(Service):
         held: Sequence[HeldPort],
         seed: Callable[[int], bytes],
         env: Mapping[str, str] | None = None,
+        failure_mark: bytes = b"",
         executable: str = sys.executable,
         stop_timeout: float = 15.0,
     ) -> None:
@@ -279,6 +280,7 @@ class WorkerSupervisor(Service):
         self._argv = list(argv)
         self._held = list(held)
         self.seed = seed
+        self._failure_mark = failure_mark
         self._env = dict(os.environ if env is None else env)
         self._executable = executable
         self._stop_timeout = stop_timeout
@@ -287,6 +289,24 @@ class WorkerSupervisor(Service):
         self._pending: dict[int, IDelayedCall] = {}
         self.restarts = 0
         self._stopping = False
+
+    def source_failed(self) -> None:
+        """
+        The parent's source failed: make every worker fail closed too.
+
+        The relay is a plain byte pipe, and a worker re-tests what it reads,
+        so the parent marks the failure in-band with ``failure_mark``, a run
+        of identical bytes longer than the workers' Repetition Count cutoff:
+        each worker's own health tests reject it, drop their buffers and
+        fail closed, and take fresh seed again only after a new startup test
+        on what the parent relays once its source has recovered.  Without
+        the mark a worker would merely starve, and keep its streams open.
+        """
+        if not self._failure_mark:
+            return
+        for worker, _ in self.workers.values():
+            if not worker._closed and worker.transport is not None:
+                worker.transport.write(self._failure_mark)
 
     def startService(self) -> None:
         """Spawn every worker."""

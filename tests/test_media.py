@@ -21,7 +21,7 @@ from entropy_appliance.health import HealthTests
 from entropy_appliance.pool import ReseedPolicy, SeedPool
 from entropy_appliance.web import openapi
 from entropy_appliance.web.media_routes import EventStream
-from tests.web_helpers import call, header, make_web, seeded_pool, unseeded_pool
+from tests.web_helpers import call, failed_pool, header, make_web, seeded_pool
 
 
 class CountingSource:
@@ -235,7 +235,7 @@ def test_random_image_bad_params(query: str, status: int) -> None:
 
 
 def test_images_and_sounds_fail_closed() -> None:
-    _, stub = make_web(unseeded_pool())
+    _, stub = make_web(failed_pool())
     for url in ["/v1/image/random", "/v1/sound/noise?seconds=1"]:
         resp, body = call(stub, "GET", "http://appliance" + url)
         assert resp.code == 503

@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from entropy_appliance.health import HealthTests
-from entropy_appliance.pool import FailClosed, PoolShort, ReseedPolicy, SeedPool
+from entropy_appliance.pool import FailClosed, PoolShort, PoolState, ReseedPolicy, SeedPool, Starved
 from entropy_appliance.producer import SourceProducer
 from entropy_appliance.sources import DeviceSource, SourceError
 
@@ -115,13 +115,15 @@ def test_reseeds_on_interval_and_on_bytes() -> None:
     assert pool.status()["drbg"]["reseed_age_seconds"] == pytest.approx(0.5)
 
 
-def test_not_seeded_means_closed() -> None:
+def test_not_seeded_means_starved_not_failed() -> None:
     clock = Clock()
     pool = SeedPool(clock, HealthTests(8.0), ReseedPolicy())
-    with pytest.raises(FailClosed) as e:
+    with pytest.raises(Starved) as e:
         pool.random_bytes(16)
-    assert "not yet seeded" in e.value.reason
+    assert "first seed" in e.value.reason
     assert e.value.retry_after >= 1
+    assert pool.state is PoolState.STARVED
+    assert pool.status()["state"] == "starved"
 
 
 def stuck(n: int) -> bytes:
@@ -152,7 +154,7 @@ def drain_until_failure(pool: SeedPool, test: str) -> None:
 
 
 @pytest.mark.parametrize("fault,test", [(stuck, "rct"), (biased, "apt")])
-def test_health_fault_fails_closed_at_reseed_deadline(
+def test_health_fault_fails_closed_at_once(
     fault: Callable[[int], bytes], test: str
 ) -> None:
     source = FakeSource()
@@ -163,13 +165,12 @@ def test_health_fault_fails_closed_at_reseed_deadline(
     st = pool.status()
     assert st["source"]["health_failures"][test] >= 1
     assert st["pool"]["fill_bytes"] == 0
-    # Until the reseed deadline the DRBG may still serve ...
-    assert len(pool.random_bytes(16)) == 16
-    # ... but once it passes, no byte leaves.
-    clock.advance(1.0)
-    with pytest.raises(FailClosed):
+    # Failed, not starved: no byte leaves from this moment, reseed due or not.
+    with pytest.raises(FailClosed) as e:
         pool.random_bytes(16)
+    assert not isinstance(e.value, Starved)
     assert pool.healthy is False
+    assert pool.status()["state"] == "failed"
     assert pool.status()["healthy"] is False
 
 
@@ -287,13 +288,13 @@ def test_fifo_writer_stops_gives_eof(tmp_path: Path) -> None:
     source = DeviceSource(str(fifo))
     pool, producer, clock = pipeline(source, h=8.0, high_water=256 * 1024,
                                      run=lambda job: deferToThreadAndWait(job, t))
-    assert len(pool.random_bytes(16)) == 16
     st = pool.status()["source"]
     assert st["state"] == "failed"
     assert "end of file" in st["error"]
-    clock.advance(1.0)
-    with pytest.raises(FailClosed):
+    with pytest.raises(FailClosed) as e:
         pool.random_bytes(16)
+    assert not isinstance(e.value, Starved)
+    assert pool.status()["state"] == "failed"
     producer.stopProducing()
     producer.stopProducing()  # idempotent
     os.close(keeper)
@@ -371,3 +372,156 @@ def test_real_fork_child_never_repeats_parent_output() -> None:
     assert len(child) == 4096
     blocks = {parent[i:i + 16] for i in range(0, 4096, 16)}
     assert not any(child[i:i + 16] in blocks for i in range(0, 4096, 16))
+
+
+# -- starved is backpressure, not failure -------------------------------------------
+
+
+class HeldReads:
+    """A reader "thread" whose reads complete only when the test lets them."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], bytes], Deferred[bytes]]] = []
+        self.sizes: list[int] = []
+
+    def __call__(self, job: Callable[[], bytes]) -> Deferred[bytes]:
+        d: Deferred[bytes] = Deferred()
+        self.pending.append((job, d))
+        return d
+
+    def deliver(self, times: int = 1) -> None:
+        for _ in range(times):
+            if not self.pending:
+                return
+            job, d = self.pending.pop(0)
+            data = job()
+            self.sizes.append(len(data))
+            d.callback(data)
+
+
+def slow_pipeline(max_bytes: int = 64 * 1024 * 1024,
+                  h: float = 8.0) -> tuple[SeedPool, FakeSource, HeldReads, Clock]:
+    source = FakeSource()
+    held = HeldReads()
+    clock = Clock()
+    pool = SeedPool(clock, HealthTests(h), ReseedPolicy(1.0, max_bytes, 384),
+                    source_name=source.name, source_kind=source.kind)
+    SourceProducer(source, pool, held, clock, chunk_size=1024).start()
+    return pool, source, held, clock
+
+
+def seed_fully(pool: SeedPool, held: HeldReads) -> None:
+    for _ in range(100):
+        if pool.ready():
+            return
+        held.deliver()
+    raise AssertionError("the pool never seeded")
+
+
+def test_due_reseed_without_seed_is_starved_and_waiters_resume() -> None:
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    # Use up every buffered sample, then let the reseed come due.
+    pool._buffer.clear()
+    clock.advance(1.0)
+    with pytest.raises(Starved):
+        pool.random_bytes(64)
+    assert pool.state is PoolState.STARVED
+    assert pool.status()["healthy"] is False
+    waited = pool.when_ready(64)
+    got: list[object] = []
+    waited.addBoth(got.append)
+    clock.advance(2.5)
+    assert got == []  # nobody is hung up on while the source is healthy
+    assert pool.starved_for() == pytest.approx(2.5)
+    held.deliver()
+    assert got == [None]
+    assert len(pool.random_bytes(64)) == 64
+    st = pool.status()
+    assert st["state"] == "ok"
+    assert st["starved"]["waits"] == 1
+    assert st["starved"]["seconds"] == 0
+    assert st["starved"]["total_seconds"] == pytest.approx(2.5)
+
+
+def test_source_failure_fails_waiters_and_tells_watchers() -> None:
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    pool._buffer.clear()
+    clock.advance(1.0)
+    told: list[FailClosed] = []
+    pool.on_failure(told.append)
+    waited = pool.when_ready()
+    outcome: list[object] = []
+    waited.addErrback(lambda f: outcome.append(f.value))
+    source.make = stuck
+    held.deliver(3)
+    assert pool.state is PoolState.FAILED
+    assert len(outcome) == 1 and isinstance(outcome[0], FailClosed)
+    assert not isinstance(outcome[0], Starved)
+    assert len(told) == 1
+    late: list[object] = []
+    pool.when_ready().addErrback(lambda f: late.append(f.value))
+    assert len(late) == 1 and isinstance(late[0], FailClosed)  # already failed: at once
+
+
+def test_cancelled_wait_is_withdrawn() -> None:
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    pool._buffer.clear()
+    clock.advance(1.0)
+    waited = pool.when_ready()
+    waited.addErrback(lambda f: None)
+    waited.cancel()
+    assert pool._waiters == []
+
+
+def test_no_byte_leaves_an_overdue_drbg() -> None:
+    # reseed_bytes 4096: a 10000-byte request is cut at each boundary and
+    # reseeded in between, never 4097 bytes from one seed.
+    pool, source, held, clock = slow_pipeline(max_bytes=4096)
+    seed_fully(pool, held)
+    held.deliver(5)
+    reseeds = pool.status()["drbg"]["reseeds"]
+    assert len(pool.random_bytes(10000)) == 10000
+    st = pool.status()["drbg"]
+    assert st["reseeds"] == reseeds + 2
+    assert st["bytes_since_reseed"] == 10000 - 2 * 4096
+
+
+def test_request_short_of_its_reseeds_is_refused_before_any_output() -> None:
+    pool, source, held, clock = slow_pipeline(max_bytes=4096)
+    seed_fully(pool, held)
+    pool._buffer = pool._buffer[:pool.reseed_samples]  # one reseed's worth, not three
+    generated = pool.status()["drbg"]["bytes_generated"]
+    with pytest.raises(Starved):
+        pool.random_bytes(3 * 4096 + 1)
+    assert pool.status()["drbg"]["bytes_generated"] == generated
+    # The refusal asks the reader for what the request needs.
+    assert pool.target() >= 3 * pool.reseed_samples
+    waited = pool.when_ready(3 * 4096 + 1)
+    fired: list[object] = []
+    waited.addCallback(fired.append)
+    held.deliver(3)
+    assert fired == [None]
+    assert len(pool.random_bytes(3 * 4096 + 1)) == 3 * 4096 + 1
+
+
+def test_read_ahead_follows_demand_up_to_a_bound() -> None:
+    # A device with H=1 and reseeds every 4096 bytes: 384 samples per 4 KiB
+    # of output.  Heavy demand raises the target and the size of each read.
+    pool, source, held, clock = slow_pipeline(max_bytes=4096, h=1.0)
+    seed_fully(pool, held)
+    base = pool.target()
+    for _ in range(20):
+        held.deliver(4)
+        try:
+            pool.random_bytes(4096)
+        except Starved:
+            pass
+    clock.advance(0.5)
+    pool.tick()
+    assert pool.target() > base
+    assert pool.target() <= pool.max_buffer
+    held.deliver(2)  # the read in flight, then one sized by the new target
+    assert max(held.sizes) > 1024  # the reader was asked for more than its floor

@@ -63,15 +63,34 @@ def test_parse_source(tmp_path: Path) -> None:
         parse_source(f"device:{tmp_path}")
 
 
-def test_device_reads_exactly_and_eof_is_an_error(tmp_path: Path) -> None:
+def test_device_reads_what_there_is_and_eof_is_an_error(tmp_path: Path) -> None:
     f = tmp_path / "blob"
-    f.write_bytes(os.urandom(3000))
+    blob = os.urandom(3000)
+    f.write_bytes(blob)
     src = open_source(SourceSpec("device", str(f)))
     assert isinstance(src, DeviceSource)
-    assert len(src.read(2000)) == 2000
+    assert src.read(2000) == blob[:2000]
+    assert src.read(2000) == blob[2000:]
     with pytest.raises(SourceError, match="end of file"):
         src.read(2000)
     src.close()
+
+
+def test_slow_device_read_returns_without_filling_the_request(tmp_path: Path) -> None:
+    # A slow device has a few bytes now: they are handed on at once rather
+    # than held until a large request is full.
+    fifo = tmp_path / "slow"
+    os.mkfifo(fifo)
+    src = DeviceSource(str(fifo))
+    keeper = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY)
+    try:
+        os.write(writer, b"\x01" * 100)
+        assert len(src.read(1 << 20)) == 100
+    finally:
+        os.close(writer)
+        os.close(keeper)
+        src.close()
 
 
 def test_vanished_device_is_an_error(tmp_path: Path) -> None:

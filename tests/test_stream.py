@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPullProducer
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.health import HealthTests
-from entropy_appliance.pool import ReseedPolicy, SeedPool
+from entropy_appliance.pool import SeedPool
 from entropy_appliance.stream import MAX_CLIENT_INPUT, StreamFactory, StreamProtocol
-from tests.test_pool import FakeSource, pipeline, stuck
+from tests.test_pool import FakeSource, pipeline, seed_fully, slow_pipeline, stuck
 
 
 def connect(pool: SeedPool, chunk: int = 4096) -> tuple[StreamProtocol, StringTransport]:
@@ -69,12 +67,57 @@ def test_fail_closed_closes_without_sending() -> None:
     assert transport.producer is None
 
 
-def test_never_seeded_closes_at_once() -> None:
-    pool = SeedPool(Clock(), HealthTests(8.0), ReseedPolicy())
+def test_connection_before_the_first_seed_waits_then_flows() -> None:
+    pool, source, held, clock = slow_pipeline()
     proto, transport = connect(pool)
     proto.resumeProducing()
     assert transport.value() == b""
-    assert transport.disconnecting
+    assert not transport.disconnecting
+    seed_fully(pool, held)
+    assert len(transport.value()) == 4096
+
+
+def test_starved_stream_pauses_and_resumes_without_hanging_up() -> None:
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    proto, transport = connect(pool)
+    proto.resumeProducing()
+    assert len(transport.value()) == 4096
+    pool._buffer.clear()
+    clock.advance(1.0)  # a reseed is due, and the buffer is empty
+    proto.resumeProducing()
+    proto.resumeProducing()  # asked again while waiting: still nothing, no double wait
+    assert len(transport.value()) == 4096
+    assert not transport.disconnecting
+    assert pool.status()["state"] == "starved"
+    clock.advance(30.0)
+    assert not transport.disconnecting
+    held.deliver()
+    assert len(transport.value()) == 2 * 4096
+    assert pool.status()["state"] == "ok"
+    assert pool.status()["starved"]["waits"] == 1
+
+
+def test_source_failure_closes_waiting_and_idle_streams() -> None:
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    idle, idle_transport = connect(pool)
+    idle.resumeProducing()  # wrote a chunk; its reader is slow, so no more asks
+    sent = len(idle_transport.value())
+    pool._buffer.clear()
+    clock.advance(1.0)
+    waiting, waiting_transport = connect(pool)
+    waiting.resumeProducing()
+    assert not waiting_transport.disconnecting
+    source.make = stuck
+    held.deliver(3)
+    assert pool.status()["state"] == "failed"
+    assert waiting_transport.disconnecting and waiting_transport.value() == b""
+    assert idle_transport.disconnecting and len(idle_transport.value()) == sent
+    # A new connection while failed gets nothing and is closed at once.
+    late, late_transport = connect(pool)
+    late.resumeProducing()
+    assert late_transport.value() == b"" and late_transport.disconnecting
 
 
 def test_client_input_is_discarded_and_bounded() -> None:

@@ -193,7 +193,8 @@ def _pool(clock: Clock) -> SeedPool:
 def test_status_line_tells_source_and_health() -> None:
     clock = Clock()
     pool = _pool(clock)
-    assert status_line(pool.status()).startswith("FAILING CLOSED (not yet seeded); source kernel (kernel)")
+    assert status_line(pool.status()).startswith(
+        "STARVED for 0.0 s, waiting for seed (waiting for the first seed); source kernel (kernel)")
     for _ in range(4):
         pool.write(os.urandom(4096))
     clock.advance(0.5)
@@ -202,21 +203,24 @@ def test_status_line_tells_source_and_health() -> None:
     assert "reseeds 1, last 0.5 s ago" in line
     pool.source_failed("read error:\nEIO")
     line = status_line(pool.status())
+    assert line.startswith("FAILING CLOSED (source failed: read error: EIO)")
     assert "source kernel (kernel) failed" in line and "error: read error: EIO" in line
     assert "\n" not in line
 
 
-def test_notify_service_ready_status_stopping() -> None:
+def test_notify_service_ready_only_once_seeded() -> None:
     clock = Clock()
     pool = _pool(clock)
     sent: list[str] = []
-    svc = NotifyService(pool.status, clock, notify=sent.append, interval=10.0)  # type: ignore[arg-type]
+    svc = NotifyService(pool.status, clock, notify=sent.append, interval=10.0,  # type: ignore[arg-type]
+                        ready=pool.when_ready)
     assert verifyObject(IService, svc)
     svc.startService()
-    assert sent[0].splitlines()[0] == "READY=1"
-    assert sent[0].splitlines()[1].startswith("STATUS=FAILING CLOSED (not yet seeded)")
+    assert sent == []  # listening, but nothing to serve yet: not READY
     for _ in range(4):
         pool.write(os.urandom(4096))
+    assert sent[0].splitlines()[0] == "READY=1"
+    assert sent[0].splitlines()[1].startswith("STATUS=serving; source kernel (kernel) ok")
     clock.advance(9.9)
     assert len(sent) == 1
     clock.advance(0.1)
@@ -227,6 +231,24 @@ def test_notify_service_ready_status_stopping() -> None:
     assert sent[-1].splitlines() == ["STOPPING=1", "STATUS=stopping"]
     clock.advance(100)
     assert len(sent) == 4
+
+
+def test_notify_service_waits_out_a_source_that_fails_before_the_first_seed() -> None:
+    clock = Clock()
+    pool = _pool(clock)
+    sent: list[str] = []
+    svc = NotifyService(pool.status, clock, notify=sent.append, interval=10.0,  # type: ignore[arg-type]
+                        ready=pool.when_ready)
+    svc.startService()
+    pool.source_failed("EIO")
+    clock.advance(5)
+    assert not any(m.startswith("READY=1") for m in sent)
+    pool.source_recovered()
+    for _ in range(4):
+        pool.write(os.urandom(4096))
+    clock.advance(1)
+    assert [m for m in sent if m.startswith("READY=1")] != []
+    svc.stopService()
 
 
 def test_notify_service_survives_a_broken_status() -> None:

@@ -37,7 +37,7 @@ from entropy_appliance.web.fastpath import (
     FastHTTPChannel,
     StreamedBody,
 )
-from tests.web_helpers import seeded_pool, unseeded_pool
+from tests.web_helpers import failed_pool, seeded_pool
 
 CHALLENGE = hashlib.sha512(os.urandom(64)).hexdigest().encode()
 POST = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: curl/8\r\nAccept: */*\r\n"
@@ -199,7 +199,7 @@ def test_fast_requests_are_counted_in_the_metrics() -> None:
 
 def test_failing_closed_answers_503_problem_json() -> None:
     for fast in (True, False):
-        _, site, _ = make_site(fast, pool=unseeded_pool())
+        _, site, _ = make_site(fast, pool=failed_pool())
         raw = exchange(site, POST)
         assert raw.startswith(b"HTTP/1.1 503 ")
         assert b"\r\nRetry-After: " in raw
@@ -341,8 +341,7 @@ def test_failing_closed_before_the_first_byte_answers_503_on_both_paths() -> Non
     for fast in (True, False):
         web, site, clock = make_site(fast)
         web.pool.source_failed("unplugged")
-        clock.advance(3601)
-        assert web.pool.healthy  # it finds out only when it next reseeds
+        assert web.pool.state.value == "failed"  # at once, reseed due or not
         [(head, body)] = split_responses(exchange(site, get_random(BIG)))
         heads.append(normalised(head))
         assert json.loads(body)["status"] == 503

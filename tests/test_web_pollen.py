@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from tests.web_helpers import call, header, make_web, unseeded_pool
+from tests.web_helpers import call, failed_pool, header, make_web
 
 FORM = {b"Content-Type": [b"application/x-www-form-urlencoded"]}
 
@@ -54,7 +54,7 @@ def test_missing_or_empty_challenge_says_use_pollinate() -> None:
 
 
 def test_fail_closed() -> None:
-    _, stub = make_web(unseeded_pool())
+    _, stub = make_web(failed_pool())
     resp, _ = call(stub, "POST", "http://a/", data=b"challenge=ab", headers=FORM)
     assert resp.code == 503 and header(resp, "Retry-After")
 

@@ -6,10 +6,12 @@ import base64
 import binascii
 import json
 import uuid
+from typing import Any
 
 import pytest
 
-from tests.web_helpers import call, header, make_web, unseeded_pool
+from tests.test_pool import seed_fully, slow_pipeline
+from tests.web_helpers import call, failed_pool, header, make_web
 
 RANDOM_HEADERS = ["Cache-Control", "X-RNG-Source", "X-RNG-Reseed-Age-ms", "X-RNG-Reseed-Interval-ms"]
 
@@ -110,12 +112,12 @@ def test_unknown_path_404_and_wrong_method_405() -> None:
 @pytest.mark.parametrize("path", ["/v1/random?bytes=16", "/v1/random?bytes=200000",
                                   "/v1/integers?min=1&max=6", "/v1/uuid"])
 def test_fail_closed_is_503_with_retry_after(path: str) -> None:
-    _, stub = make_web(unseeded_pool())
+    _, stub = make_web(failed_pool())
     resp, body = call(stub, "GET", "http://a" + path)
     assert resp.code == 503
     assert int(header(resp, "Retry-After")) >= 1
     problem = json.loads(body)
-    assert problem["status"] == 503 and "seeded" in problem["detail"]
+    assert problem["status"] == 503 and "source failed" in problem["detail"]
 
 
 def test_uuids() -> None:
@@ -154,11 +156,12 @@ def test_health() -> None:
     _, stub = make_web()
     resp, body = call(stub, "GET", "http://a/health")
     assert resp.code == 200 and json.loads(body)["status"] == "ok"
-    _, stub = make_web(unseeded_pool())
+    _, stub = make_web(failed_pool())
     resp, body = call(stub, "GET", "http://a/health")
     assert resp.code == 503
+    assert header(resp, "Content-Type") == "application/problem+json"
     doc = json.loads(body)
-    assert doc["status"] == "failing" and doc["reason"]
+    assert doc["status"] == 503 and doc["state"] == "failed" and "EIO" in doc["reason"]
     assert header(resp, "Retry-After")
 
 
@@ -170,3 +173,97 @@ def test_landing_page_links_routes() -> None:
     for route in [b"/v1/random", b"/v1/integers", b"/v1/uuid", b"/v1/status", b"/health",
                   b"/metrics", b"/openapi.json"]:
         assert b'href="' + route in body
+
+
+# -- starved: requests wait a bounded time -------------------------------------------
+
+
+def starved_web(seed_wait: float = 5.0) -> tuple[Any, Any, Any, Any]:
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    pool._buffer.clear()
+    clock.advance(1.0)  # a reseed is due, and there is no seed for it
+    web, stub = make_web(pool, clock=clock, seed_wait=seed_wait)
+    return web, stub, held, clock
+
+
+def start(stub: Any, url: str, method: str = "GET", **kwargs: Any) -> list[Any]:
+    results: list[Any] = []
+    d = stub.request(method, url, **kwargs)
+    d.addCallback(lambda resp: stub.content(resp).addCallback(lambda body: (resp, body)))
+    d.addBoth(results.append)
+    stub.flush()
+    return results
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/v1/random?bytes=32"), ("GET", "/v1/integers?min=1&max=6"), ("GET", "/v1/uuid"),
+    ("POST", "/"), ("GET", "/v1/random?bytes=200000"),
+])
+def test_starved_request_waits_and_is_answered_after_the_reseed(method: str, path: str) -> None:
+    web, stub, held, clock = starved_web()
+    kwargs = {"data": {"challenge": "abc"}} if method == "POST" else {}
+    results = start(stub, "http://a" + path, method, **kwargs)
+    assert results == []  # waiting, not refused
+    clock.advance(2.0)
+    stub.flush()
+    assert results == []
+    held.deliver()
+    stub.flush()
+    [(resp, body)] = results
+    assert resp.code == 200 and body
+    assert web.pool.status()["starved"]["waits"] >= 1
+
+
+def test_starved_past_the_wait_is_503_with_retry_after() -> None:
+    web, stub, held, clock = starved_web(seed_wait=3.0)
+    results = start(stub, "http://a/v1/random?bytes=32")
+    clock.advance(2.9)
+    stub.flush()
+    assert results == []
+    clock.advance(0.2)
+    stub.flush()
+    [(resp, body)] = results
+    assert resp.code == 503
+    assert int(header(resp, "Retry-After")) >= 1
+    assert header(resp, "Content-Type") == "application/problem+json"
+    assert "refilling" in json.loads(body)["detail"]
+    assert web.pool._waiters == []  # the wait was withdrawn
+
+
+def test_status_health_and_metrics_never_wait_for_seed() -> None:
+    web, stub, held, clock = starved_web()
+    for path in ["/v1/status", "/health", "/metrics", "/openapi.json"]:
+        [(resp, _)] = start(stub, "http://a" + path)
+        assert resp.code == 200, path
+    [(_, body)] = start(stub, "http://a/v1/status")
+    doc = json.loads(body)
+    assert doc["state"] == "starved" and doc["healthy"] is False
+    assert doc["starved"]["seconds"] >= 0
+
+
+def test_health_stays_200_while_briefly_starved_then_503() -> None:
+    web, stub, held, clock = starved_web(seed_wait=5.0)
+    web.pool.ready()  # a request found it short: starved from now
+    clock.advance(4.0)
+    [(resp, body)] = start(stub, "http://a/health")
+    assert resp.code == 200 and json.loads(body)["status"] == "starved"
+    clock.advance(2.0)
+    [(resp, body)] = start(stub, "http://a/health")
+    assert resp.code == 503
+    doc = json.loads(body)
+    assert doc["state"] == "starved" and "longer than" in doc["detail"]
+    assert header(resp, "Retry-After")
+    held.deliver()
+    [(resp, body)] = start(stub, "http://a/health")
+    assert resp.code == 200 and json.loads(body)["status"] == "ok"
+
+
+def test_source_failure_while_waiting_answers_503_at_once() -> None:
+    web, stub, held, clock = starved_web(seed_wait=30.0)
+    results = start(stub, "http://a/v1/random?bytes=32")
+    assert results == []
+    web.pool.source_failed("EIO")
+    stub.flush()
+    [(resp, body)] = results
+    assert resp.code == 503 and "EIO" in json.loads(body)["detail"]

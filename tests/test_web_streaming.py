@@ -10,6 +10,7 @@ from zope.interface.verify import verifyObject
 from entropy_appliance.pool import FailClosed
 from entropy_appliance.web.formats import FORMATS
 from entropy_appliance.web.streaming import RandomBodyProducer
+from tests.test_pool import seed_fully, slow_pipeline, stuck
 from tests.web_helpers import seeded_pool
 
 
@@ -56,6 +57,12 @@ class CountingPool:
             raise FailClosed("source failed its health tests", 2.0)
         self.calls.append(n)
         return self.pool.random_bytes(n, additional_input, surface)
+
+    def on_failure(self, callback: Any) -> Any:
+        return self.pool.on_failure(callback)
+
+    def when_ready(self, n: int = 0) -> Any:
+        return self.pool.when_ready(n)
 
 
 def test_is_a_push_producer() -> None:
@@ -116,4 +123,41 @@ def test_fail_closed_mid_stream_aborts_without_finishing() -> None:
     p.resumeProducing()
     assert req.channel.aborted
     assert done == []  # never reported complete; the connection loss cancels it
+    assert sum(map(len, req.written)) == 4096
+
+
+def test_starved_body_pauses_mid_body_and_resumes() -> None:
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    req = FakeRequest(pause_each_write=False)
+    p = RandomBodyProducer(req, pool, 5 * 4096, FORMATS["binary"], chunk_size=4096)  # type: ignore[arg-type]
+    done: list[Any] = []
+    pool._buffer.clear()
+    clock.advance(1.0)  # a reseed is due and there is no seed for it
+    p.start().addBoth(done.append)
+    assert req.written == [] and done == []
+    assert not req.channel.aborted
+    clock.advance(20.0)
+    held.deliver()
+    assert done == [b""]
+    assert sum(map(len, req.written)) == 5 * 4096
+    assert not req.channel.aborted
+
+
+def test_source_failure_while_a_body_waits_aborts_it() -> None:
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    req = FakeRequest()
+    p = RandomBodyProducer(req, pool, 10**6, FORMATS["binary"], chunk_size=4096)  # type: ignore[arg-type]
+    done: list[Any] = []
+    p.start().addBoth(done.append)
+    assert sum(map(len, req.written)) == 4096  # then the slow client's socket is full
+    source.make = stuck
+    pool._buffer.clear()
+    clock.advance(1.0)
+    pool.tick()
+    held.deliver(3)
+    assert pool.status()["state"] == "failed"
+    assert req.channel.aborted  # at once, though the client has not drained its socket
+    assert done == []
     assert sum(map(len, req.written)) == 4096

@@ -24,9 +24,11 @@ def seeded_pool(clock: Clock | None = None) -> SeedPool:
     return pool
 
 
-def unseeded_pool() -> SeedPool:
-    """A pool that never got a byte from its source: it fails closed."""
-    return SeedPool(Clock(), HealthTests(8.0), ReseedPolicy(interval=1.0))
+def failed_pool() -> SeedPool:
+    """A pool whose source cannot be read: it fails closed at once."""
+    pool = SeedPool(Clock(), HealthTests(8.0), ReseedPolicy(interval=1.0))
+    pool.source_failed("EIO reading /dev/hwrng: Input/output error")
+    return pool
 
 
 def make_web(pool: SeedPool | None = None, **kwargs: Any) -> tuple[EntropyWeb, StubTreq]:

@@ -36,11 +36,13 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from entropy_appliance import __version__
-from entropy_appliance.pool import FailClosed, IClock, SeedPool
+from entropy_appliance.pool import FailClosed, PoolState, SeedPool
 from entropy_appliance.web import errors, openapi
 from entropy_appliance.web.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
 from entropy_appliance.web.fastpath import FastRoutes, fast_channel_protocol
@@ -61,6 +63,23 @@ __all__ = [
 ]
 
 DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
+
+#: Seconds a request waits for seed while the pool is starved, by default.
+DEFAULT_SEED_WAIT = 5.0
+
+#: The paths whose answers draw random bytes (``/`` only for pollen, see
+#: :func:`draws_random`): while the pool is starved they wait for seed.
+RANDOM_PATHS = frozenset({
+    b"/v1/random", b"/v1/integers", b"/v1/uuid", b"/v1/image/random", b"/v1/sound/noise",
+})
+
+
+def draws_random(request: Request) -> bool:
+    """Whether answering ``request`` takes DRBG output."""
+    path = request.path
+    if path == b"/":
+        return request.method == b"POST" or b"challenge" in (request.args or {})
+    return path in RANDOM_PATHS
 
 JSON = b"application/json"
 _INT = re.compile(r"[+-]?[0-9]{1,40}")
@@ -195,18 +214,63 @@ class FrontResource(Resource):
     pollinate calls at every boot) is answered directly, everything else is
     delegated to the Klein resource.  This keeps the hottest path free of
     routing and Deferreds.
+
+    It is also where a request that draws random bytes waits, while the pool
+    is starved, up to ``seed_wait`` seconds; then it is answered, with the
+    bytes or (still starved) a 503.  Status, health and metrics never wait.
     """
 
     isLeaf = True
 
     def __init__(self, pollen: Callable[[Request], bytes], rest: Any,
-                 observe: Callable[[Request], None]) -> None:
+                 observe: Callable[[Request], None], pool: SeedPool | None = None,
+                 clock: IReactorTime | None = None, seed_wait: float = 0.0) -> None:
         super().__init__()
         self._pollen = pollen
         self._rest = rest
         self._observe = observe
+        self._pool = pool
+        self._clock = clock
+        self._seed_wait = seed_wait
 
     def render(self, request: Request) -> Any:
+        """Answer now, or once seeded if the pool is starved and the answer is random."""
+        pool = self._pool
+        if (pool is not None and self._clock is not None and self._seed_wait > 0
+                and draws_random(request) and not pool.ready()
+                and pool.state is PoolState.STARVED):
+            return self._render_when_seeded(request, pool, self._clock)
+        return self._render_now(request)
+
+    def _render_when_seeded(self, request: Request, pool: SeedPool, clock: IReactorTime) -> Any:
+        waiting = pool.when_ready()
+        waiting.addTimeout(self._seed_wait, clock)
+        gone: list[bool] = []
+
+        def client_left(_: Failure) -> None:
+            gone.append(True)
+            waiting.cancel()
+
+        request.notifyFinish().addErrback(client_left)
+
+        def answer(_: object) -> None:
+            # Seeded, timed out, or failed: the routes write the bytes or the 503.
+            if gone:
+                return
+            body = self._render_now(request)
+            if body is NOT_DONE_YET:
+                return
+            if request.method == b"HEAD":
+                request.write(b"")
+            else:
+                request.setHeader(b"Content-Length", b"%d" % len(body))
+                request.write(body)
+            request.finish()
+
+        waiting.addBoth(answer)
+        return NOT_DONE_YET
+
+    def _render_now(self, request: Request) -> Any:
         """Answer POST / here; hand every other request to Klein; count each."""
         if request.method == b"POST" and request.path == b"/":
             body = self._pollen(request)
@@ -226,15 +290,19 @@ class EntropyWeb:
     def __init__(
         self,
         pool: SeedPool,
-        clock: IClock,
+        clock: IReactorTime,
         *,
         version: str = __version__,
         listeners: Iterable[str] = (),
         status_extras: Mapping[str, Callable[[], Any]] | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        seed_wait: float = DEFAULT_SEED_WAIT,
     ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
+        if seed_wait < 0:
+            raise ValueError("seed_wait must be >= 0")
+        self.seed_wait = seed_wait
         self.pool = pool
         self.clock = clock
         self.version = version
@@ -251,7 +319,8 @@ class EntropyWeb:
 
     def resource(self) -> Any:
         """The root resource: the lean pollen path in front of Klein."""
-        return FrontResource(self.pollen, self.app.resource(), self.observe)
+        return FrontResource(self.pollen, self.app.resource(), self.observe,
+                             self.pool, self.clock, self.seed_wait)
 
     def site(self, h2: bool = True, **kwargs: Any) -> Site:
         """The one Site to serve on every web endpoint (``h2=False``: no HTTP/2 by ALPN)."""
@@ -395,15 +464,24 @@ class EntropyWeb:
 
     @app.route("/health", methods=["GET"])
     def health(self, request: Request) -> bytes:
-        """200 while random bytes may be served, 503 with the reason otherwise."""
+        """
+        200 while random bytes are served, and while starved for no longer
+        than a request would wait; 503 (problem+json) when the source has
+        failed or the pool has been starved for longer than that, so that a
+        load balancer moves clients elsewhere.
+        """
         request.setHeader(b"Cache-Control", b"no-store")
         pool = self.pool
-        if pool.healthy:
-            return self._json(request, {"status": "ok", "source": pool.source_name,
-                                        "reseed_age_seconds": pool.reseed_age()})
-        request.setHeader(b"Retry-After", b"%d" % max(1, round(pool.retry_after())))
-        return self._json(request, {"status": "failing", "reason": pool.closed_reason,
-                                    "source": pool.source_name}, code=503)
+        state = pool.state
+        starved_for = pool.starved_for()
+        doc = {"state": state.value, "source": pool.source_name,
+               "reseed_age_seconds": pool.reseed_age(), "starved_seconds": starved_for}
+        if state is PoolState.OK or (state is PoolState.STARVED and starved_for <= self.seed_wait):
+            return self._json(request, {"status": state.value, **doc})
+        reason = pool.closed_reason or state.value
+        if state is PoolState.STARVED:
+            reason = f"starved for {starved_for:.1f} s (longer than the {self.seed_wait:g} s wait): {reason}"
+        raise ServiceUnavailable(reason, pool.retry_after(), {"reason": pool.closed_reason, **doc})
 
     @app.route("/metrics", methods=["GET"])
     def metrics_route(self, request: Request) -> bytes:

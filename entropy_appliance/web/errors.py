@@ -57,10 +57,13 @@ class Problem(Exception):
     title = "Internal Server Error"
     slug = "internal"
 
-    def __init__(self, detail: str, headers: dict[bytes, bytes] | None = None) -> None:
+    def __init__(self, detail: str, headers: dict[bytes, bytes] | None = None,
+                 extensions: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = dict(headers or {})
+        #: RFC 9457 extension members, added after the standard ones.
+        self.extensions = dict(extensions or {})
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON object of the problem."""
@@ -69,6 +72,7 @@ class Problem(Exception):
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
+            **self.extensions,
         }
 
 
@@ -123,9 +127,10 @@ class ServiceUnavailable(Problem):
     title = "Service Unavailable"
     slug = "service-unavailable"
 
-    def __init__(self, detail: str, retry_after: float = 1.0) -> None:
+    def __init__(self, detail: str, retry_after: float = 1.0,
+                 extensions: dict[str, Any] | None = None) -> None:
         seconds = max(1, math.ceil(retry_after))
-        super().__init__(detail, {b"Retry-After": str(seconds).encode()})
+        super().__init__(detail, {b"Retry-After": str(seconds).encode()}, extensions)
         self.retry_after = seconds
 
 

@@ -37,6 +37,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPullProducer
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -46,9 +47,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import version as SERVER_VERSION
 from zope.interface import implementer
 
-from entropy_appliance.pool import FailClosed, IClock, SeedPool
+from entropy_appliance.pool import FailClosed, IClock, SeedPool, Starved
 from entropy_appliance.web.errors import PROBLEM_JSON, ServiceUnavailable, URITooLong, problem_body
-from entropy_appliance.web.pollen import MAX_CHALLENGE, TEXT_PLAIN, pollen_reply
+from entropy_appliance.web.pollen import MAX_CHALLENGE, POLLEN_BYTES, TEXT_PLAIN, pollen_reply
 
 __all__ = ["FastRoutes", "FastHTTPChannel", "StreamedBody", "fast_channel_protocol",
            "FAST_MAX_BYTES", "STREAM_CHUNK"]
@@ -192,8 +193,16 @@ class FastRoutes:
         return self._response(b"200 OK", before + self._rng_header_items(), b""), first
 
     def chunk(self, n: int) -> bytes:
-        """``n`` more bytes of a streamed body; raises :class:`FailClosed`."""
+        """``n`` more bytes of a streamed body; raises :class:`Starved` or :class:`FailClosed`."""
         return self._pool.random_bytes(n, surface="http")
+
+    def wait(self, n: int) -> Deferred[None]:
+        """Fires when ``n`` more bytes can be served (see :meth:`SeedPool.when_ready`)."""
+        return self._pool.when_ready(n)
+
+    def on_failure(self, callback: Callable[[FailClosed], object]) -> Callable[[], None]:
+        """Call ``callback`` if the source fails; returns the remover."""
+        return self._pool.on_failure(callback)
 
     def streamed(self) -> None:
         """Count a streamed response once it has ended, as the normal path counts it."""
@@ -201,10 +210,12 @@ class FastRoutes:
         # request finishes or its connection is lost, whichever comes first.
         self._observe(RANDOM, "GET", 200)
 
-    @property
-    def healthy(self) -> bool:
-        """Whether the pool serves now (if not, the normal path writes the 503)."""
-        return self._pool.healthy
+    def ready(self, n: int) -> bool:
+        """
+        Whether ``n`` bytes are served now.  If not, the normal path takes
+        the request: it waits while the pool is starved, and writes the 503.
+        """
+        return self._pool.ready(n)
 
 
 def _dedupe(items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -240,8 +251,10 @@ class StreamedBody:
         self._chunk = routes.chunk_size
         self._inflight = inflight
         self._busy = False
+        self._waiting: Deferred[None] | None = None
         self.started = False
         self.finished = False
+        self._unwatch = routes.on_failure(lambda e: self._abort(e.reason))
         if inflight is not None:
             inflight.enter()
 
@@ -252,7 +265,7 @@ class StreamedBody:
 
     def resumeProducing(self) -> None:
         """The transport has room: write the next chunk (the last one completes the body)."""
-        if self.finished or self._busy:
+        if self.finished or self._busy or self._waiting is not None:
             return
         self._busy = True
         try:
@@ -278,6 +291,11 @@ class StreamedBody:
             size = min(self._remaining, self._chunk)
             try:
                 data = self._routes.chunk(size)
+            except Starved:
+                # Paused mid-body: the pool's wait writes the next chunk.
+                self._waiting = self._routes.wait(size)
+                self._waiting.addCallbacks(self._seeded, self._wait_failed)
+                return
             except FailClosed as e:
                 self._abort(e.reason)
                 return
@@ -305,10 +323,24 @@ class StreamedBody:
             # Cut short, against the announced Content-Length: never complete-looking.
             transport.abortConnection()
 
+    def _seeded(self, _: object) -> None:
+        self._waiting = None
+        self.resumeProducing()
+
+    def _wait_failed(self, failure: Failure) -> None:
+        self._waiting = None
+        if isinstance(failure.value, FailClosed):
+            self._abort(failure.value.reason)
+
     def _end(self) -> None:
         if self.finished:
             return
         self.finished = True
+        self._unwatch()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.addErrback(lambda _: None)
+            waiting.cancel()
         self._pending = b""
         self._routes.streamed()
         if self._inflight is not None:
@@ -472,12 +504,12 @@ class FastHTTPChannel(http.HTTPChannel):
             match = _CHALLENGE_BODY.fullmatch(data, body_start, stop)
             if match is None:
                 return None, pos
-            if not self._admitted(fast):
+            if not self._admitted(fast, POLLEN_BYTES):
                 return None, pos
             return fast.pollen(match.group(1)), stop
         if length:
             return None, pos
-        if not self._admitted(fast):
+        if not self._admitted(fast, min(n, fast.chunk_size)):
             return None, pos
         if n <= fast.max_random:
             return fast.random(n), body_start
@@ -488,9 +520,10 @@ class FastHTTPChannel(http.HTTPChannel):
         inflight = getattr(getattr(self, "site", None), "fast_inflight", lambda: None)()
         return StreamedBody(self, fast, head, first_chunk, n, inflight), body_start
 
-    def _admitted(self, fast: FastRoutes) -> bool:
-        # While failing closed the normal path writes the 503, with its own counters.
-        if not fast.healthy:
+    def _admitted(self, fast: FastRoutes, n: int) -> bool:
+        # While starved or failed the normal path waits or writes the 503,
+        # with its own counters.
+        if not fast.ready(n):
             return False
         admit = getattr(getattr(self, "site", None), "admit_fast", None)
         return admit is None or bool(admit(self))

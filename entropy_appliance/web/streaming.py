@@ -13,7 +13,8 @@ memory-only tests.
 :func:`stream_random` returns a Deferred for a Klein handler to return (never
 ``NOT_DONE_YET``).  It fires with ``b""`` once the last byte is written, so
 Klein finishes the request; if the client goes away Klein cancels it, and the
-canceller stops the producer.  If the core fails closed mid-stream, the
+canceller stops the producer.  While the pool is starved the body pauses
+and resumes after the reseed.  If the source fails mid-stream, the
 connection (or the HTTP/2 stream) is aborted: the client sees a short body
 against the announced ``Content-Length``, never a complete-looking one.
 """
@@ -28,7 +29,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from entropy_appliance.pool import FailClosed, SeedPool
+from entropy_appliance.pool import FailClosed, SeedPool, Starved
 from entropy_appliance.web.formats import Format
 
 __all__ = ["STREAM_THRESHOLD", "CHUNK_SIZE", "RandomBodyProducer", "stream_random", "abort_request"]
@@ -72,6 +73,8 @@ class RandomBodyProducer:
         self._stopped = False
         self._paused = False
         self._busy = False
+        self._waiting: Deferred[None] | None = None
+        self._unwatch = pool.on_failure(self._source_failed)
         self.done: Deferred[bytes] = Deferred(self._cancel)
 
     def start(self) -> Deferred[bytes]:
@@ -92,6 +95,7 @@ class RandomBodyProducer:
     def stopProducing(self) -> None:
         """The consumer is going away: produce nothing more (idempotent)."""
         self._stopped = True
+        self._release()
 
     def _run(self) -> None:
         # A write can pause, resume or stop us re-entrantly; only the
@@ -100,7 +104,7 @@ class RandomBodyProducer:
             return
         self._busy = True
         try:
-            while not self._paused and not self._stopped:
+            while not self._paused and not self._stopped and self._waiting is None:
                 self._step()
         finally:
             self._busy = False
@@ -112,9 +116,12 @@ class RandomBodyProducer:
             size = min(self._remaining, self._chunk)
             try:
                 raw = self._pool.random_bytes(size, surface=self._surface)
+            except Starved:
+                self._waiting = self._pool.when_ready(size)
+                self._waiting.addCallbacks(self._seeded, self._wait_failed)
+                return
             except FailClosed as e:
-                self.log.warn("aborting a streamed body: {reason}", reason=e.reason)
-                self._abort()
+                self._source_failed(e)
                 return
             self._remaining -= size
         data = self._fmt.encode(raw)
@@ -128,19 +135,44 @@ class RandomBodyProducer:
         if last:
             self._complete()
 
+    def _seeded(self, _: object) -> None:
+        self._waiting = None
+        self._run()
+
+    def _wait_failed(self, failure: Any) -> None:
+        self._waiting = None
+        if isinstance(failure.value, FailClosed):
+            self._source_failed(failure.value)
+
+    def _source_failed(self, e: FailClosed) -> None:
+        if self._stopped:
+            return
+        self.log.warn("aborting a streamed body: {reason}", reason=e.reason)
+        self._abort()
+
+    def _release(self) -> None:
+        self._unwatch()
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.addErrback(lambda _: None)
+            waiting.cancel()
+
     def _complete(self) -> None:
         # Order matters: unregister, then let Klein finish, then stop.
+        self._release()
         self._request.unregisterProducer()
         self.done.callback(b"")
         self._stopped = True
 
     def _abort(self) -> None:
         self._stopped = True
+        self._release()
         self._request.unregisterProducer()
         # The connection loss makes Klein cancel ``done``; nothing is finished.
         abort_request(self._request)
 
     def _cancel(self, d: Deferred[bytes]) -> None:
+        self._release()
         if not self._stopped:
             self._stopped = True
             try:
