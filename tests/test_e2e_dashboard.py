@@ -27,7 +27,7 @@ PLACEHOLDER = "\u2026"
 
 METRICS = [
     "health", "version", "uptime", "throughput", "throughput_total", "bytes_served",
-    "pool_fill", "pool_fill_bytes", "pressure", "reseed_age", "reseed_interval", "reseeds",
+    "pool_fill", "pool_fill_bytes", "pressure", "starved", "reseed_age", "reseed_interval", "reseeds",
     "bytes_generated", "source", "source_kind", "source_state", "health_state",
     "failures_rct", "failures_apt", "listeners", "onion", "connection",
 ]

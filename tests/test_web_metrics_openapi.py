@@ -28,6 +28,11 @@ def test_metrics_report_pool_requests_and_extras() -> None:
     assert header(resp, "Content-Type").startswith("text/plain")
     m = samples(body)
     assert m[("entropy_healthy", ())] == 1
+    assert m[("entropy_state", (("state", "ok"),))] == 1
+    assert m[("entropy_state", (("state", "starved"),))] == 0
+    assert m[("entropy_state", (("state", "failed"),))] == 0
+    assert m[("entropy_starved_seconds_total", ())] >= 0
+    assert ("entropy_starved_waits_total", ()) in m
     assert m[("entropy_drbg_reseeds_total", ())] >= 1
     assert m[("entropy_served_bytes_total", (("surface", "http"),))] == 100
     assert m[("entropy_pool_fill_bytes", ())] >= 0
@@ -69,3 +74,26 @@ def test_openapi_registry_takes_other_modules_paths() -> None:
     doc = json.loads(call(stub, "GET", "http://a/openapi.json")[1])
     assert doc["paths"]["/v1/extension-test"]["get"]["responses"]["200"]["description"] == "limit 77"
     assert "ExtensionTest" in doc["components"]["schemas"]
+
+
+def test_metrics_tell_starved_from_failed() -> None:
+    from tests.test_pool import seed_fully, slow_pipeline
+
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    pool._buffer.clear()
+    clock.advance(1.0)
+    pool.ready()  # a request finds it short
+    pool.when_ready().addErrback(lambda _: None)
+    clock.advance(2.0)
+    _, stub = make_web(pool, clock=clock)
+    m = samples(call(stub, "GET", "http://a/metrics")[1])
+    assert m[("entropy_state", (("state", "starved"),))] == 1
+    assert m[("entropy_state", (("state", "failed"),))] == 0
+    assert m[("entropy_starved_current_seconds", ())] == 2.0
+    assert m[("entropy_starved_waits_total", ())] == 1
+    pool.source_failed("EIO")
+    m = samples(call(stub, "GET", "http://a/metrics")[1])
+    assert m[("entropy_state", (("state", "failed"),))] == 1
+    assert m[("entropy_state", (("state", "starved"),))] == 0
+    assert m[("entropy_starved_seconds_total", ())] == 2.0

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from entropy_appliance.pool import SeedPool
+from entropy_appliance.pool import PoolState, SeedPool
 
 __all__ = ["PoolCollector", "WebMetrics", "CONTENT_TYPE", "SOURCE_STATES"]
 
@@ -51,6 +51,25 @@ class PoolCollector(Collector):
 
         yield GaugeMetricFamily("entropy_healthy", "1 while random bytes may be served, else 0.",
                                 value=1 if s["healthy"] else 0)
+        pool_state = GaugeMetricFamily(
+            "entropy_state", "1 for the appliance's current state (ok, starved, failed), else 0.",
+            labels=["state"])
+        for name in PoolState:
+            pool_state.add_metric([name.value], 1 if s["state"] == name.value else 0)
+        yield pool_state
+        starved = s["starved"]
+        yield GaugeMetricFamily("entropy_starved_current_seconds",
+                                "Seconds starved without a break (0 when not starved).",
+                                value=starved["seconds"])
+        yield CounterMetricFamily("entropy_starved_seconds",
+                                  "Seconds spent starved: healthy source, seed short for a due reseed.",
+                                  value=starved["total_seconds"])
+        yield CounterMetricFamily("entropy_starved_waits",
+                                  "Times a consumer waited for seed while starved.",
+                                  value=starved["waits"])
+        yield GaugeMetricFamily("entropy_pool_target_bytes",
+                                "The read-ahead target of the seed buffer, following demand.",
+                                value=pool["high_water_bytes"])
         yield GaugeMetricFamily("entropy_pool_fill_bytes", "Approved seed samples buffered.",
                                 value=pool["fill_bytes"])
         yield GaugeMetricFamily("entropy_pool_fill_ratio", "Seed pool fill, 0..1 of its high-water mark.",

@@ -91,7 +91,8 @@ _ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
     404: ("No such route.", {}),
     405: ("The route does not accept this method.", _ALLOW),
     413: ("More bytes asked for than the server's --max-bytes.", {}),
-    503: ("The entropy core fails closed (health failure or no seed); retry later.", _RETRY_AFTER),
+    503: ("The source failed (health tests or reads): the appliance fails closed; or the seed "
+          "pool stayed starved for longer than --seed-wait.  Retry later.", _RETRY_AFTER),
 }
 
 
@@ -214,13 +215,17 @@ def _core_paths(ctx: OpenAPIContext) -> dict[str, Any]:
                 "application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}},
         }},
         "/health": {"get": {
-            "summary": "Liveness for load balancers: 200 while random bytes may be served.",
+            "summary": "For load balancers: 200 while random bytes are served, or while starved "
+                       "for no longer than --seed-wait; 503 when failed or starved longer.",
             "operationId": "getHealth",
             "responses": {
-                "200": {"description": "Healthy.", "content": {
+                "200": {"description": "Serving (ok), or briefly starved.", "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}},
-                "503": {"description": "Failing closed.", "headers": _RETRY_AFTER, "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}},
+                "503": {"description": "Failed, or starved for longer than --seed-wait.",
+                        "headers": _RETRY_AFTER, "content": {
+                            "application/problem+json": {"schema": {"allOf": [
+                                {"$ref": "#/components/schemas/Problem"},
+                                {"$ref": "#/components/schemas/HealthState"}]}}}},
             },
         }},
         "/metrics": {"get": {
@@ -298,20 +303,38 @@ _CORE_SCHEMAS: dict[str, Any] = {
         },
     },
     "Health": {
+        "allOf": [{"$ref": "#/components/schemas/HealthState"}, {
+            "type": "object",
+            "required": ["status"],
+            "properties": {"status": {"type": "string", "enum": ["ok", "starved"]}},
+        }],
+    },
+    "HealthState": {
         "type": "object",
-        "required": ["status"],
+        "required": ["state", "source", "starved_seconds"],
         "properties": {
-            "status": {"type": "string", "enum": ["ok", "failing"]},
+            "state": {"type": "string", "enum": ["ok", "starved", "failed"]},
             "reason": {"type": ["string", "null"]},
             "source": {"type": "string"},
             "reseed_age_seconds": {"type": ["number", "null"]},
+            "starved_seconds": {"type": "number", "minimum": 0},
         },
     },
     "Status": {
         "type": "object",
-        "required": ["healthy", "source", "pool", "drbg", "version", "uptime_seconds", "listeners"],
+        "required": ["state", "healthy", "starved", "source", "pool", "drbg", "version",
+                     "uptime_seconds", "listeners"],
         "properties": {
+            "state": {"type": "string", "enum": ["ok", "starved", "failed"],
+                      "description": "ok: serving; starved: healthy source, seed short for a due "
+                                     "reseed (requests wait); failed: the source failed (closed)."},
             "healthy": {"type": "boolean"},
+            "starved": {"type": "object", "required": ["seconds", "total_seconds", "waits"],
+                        "properties": {
+                            "seconds": {"type": "number", "minimum": 0},
+                            "total_seconds": {"type": "number", "minimum": 0},
+                            "waits": {"type": "integer", "minimum": 0},
+                            "refusals": {"type": "integer", "minimum": 0}}},
             "reason": {"type": ["string", "null"]},
             "source": {"type": "object"},
             "pool": {"type": "object"},

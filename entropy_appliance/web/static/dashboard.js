@@ -116,13 +116,18 @@
     }
     const totalRate = recent ? Object.values(recent).reduce((a, b) => a + b, 0) : null;
 
-    const healthy = !!doc.healthy;
+    // ok: serving; starved: healthy source, output waits for a reseed; failed: closed.
+    const state = doc.state || (doc.healthy ? "ok" : "failed");
+    const starved = doc.starved || {};
     const badge = document.querySelector('[data-metric="health"]');
-    badge.dataset.state = healthy ? "ok" : "failing";
-    set("health", healthy ? "healthy" : "failing closed");
+    badge.dataset.state = state === "ok" ? "ok" : state === "starved" ? "starved" : "failing";
+    set("health", state === "ok" ? "healthy" : state === "starved" ? "starved: waiting for seed" : "failing closed");
     const reason = document.querySelector('[data-metric="reason"]');
-    reason.hidden = healthy || !doc.reason;
-    set("reason", doc.reason ? "No random bytes are served: " + doc.reason : "");
+    reason.hidden = state === "ok" || !doc.reason;
+    set("reason", !doc.reason ? "" : state === "starved"
+      ? "Output waits for seed (" + doc.reason + "), for " + seconds(starved.seconds || 0) + " now."
+      : "No random bytes are served: " + doc.reason);
+    set("starved", seconds(starved.total_seconds || 0) + " in " + (starved.waits || 0) + " waits");
     set("version", doc.version || "?");
     set("uptime", seconds(t));
 
