@@ -51,7 +51,7 @@ import re
 from collections import deque
 from fractions import Fraction
 
-__all__ = ["HealthTests", "apt_cutoff", "rct_cutoff"]
+__all__ = ["HealthTests", "apt_cutoff", "rct_cutoff", "failing_run"]
 
 DEFAULT_ALPHA = 2.0**-30
 DEFAULT_WINDOW = 512
@@ -418,3 +418,13 @@ class HealthTests:
             if self._state == FAILED:
                 return out, end
         return out, None
+
+
+def failing_run(h: float, alpha: float = DEFAULT_ALPHA, window: int = DEFAULT_WINDOW,
+                failure_limit: int = 3) -> int:
+    """
+    The length of a run of identical samples that makes a
+    :class:`HealthTests` with these settings fail persistently: it fires the
+    RCT in at least ``failure_limit`` whole windows wherever it starts.
+    """
+    return rct_cutoff(h, alpha) + (failure_limit + 1) * window

@@ -172,7 +172,9 @@ class Options(EnvironmentOptions):
 
         text = str(self["workers"]).strip().lower()
         if text == "auto":
-            count = os.cpu_count() or 1
+            # The cores this process may run on (taskset, a cgroup cpuset), at most 64.
+            usable = getattr(os, "sched_getaffinity", None)
+            count = min(64, len(usable(0)) if usable is not None else (os.cpu_count() or 1))
         else:
             try:
                 count = int(text)
@@ -568,10 +570,10 @@ def makeService(options: Options) -> IService:
 
     supervisor = None
     if mode == "parent":
-        from entropy_appliance.health import rct_cutoff
+        from entropy_appliance.health import failing_run
         from entropy_appliance.workers import WorkerSupervisor
 
-        mark = bytes(rct_cutoff(options["min-entropy"], options["alpha"]) + 1)
+        mark = bytes(failing_run(options["min-entropy"], options["alpha"]))
         supervisor = WorkerSupervisor(reactor, options["workers"], options.argv, held, pool.take_seed,
                                       failure_mark=mark)
         pool.on_failure(lambda _: supervisor.source_failed())

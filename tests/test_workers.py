@@ -148,7 +148,7 @@ def parse_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cores: int | 
                   argv: list[str], env: dict[str, str] | None = None) -> Options:
     """Parse the appliance's options on a machine that reports ``cores`` processors."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores or 1)))
     options = Options()
     options.environ = env or {}
     options.parseOptions(["--source", "kernel", "--https", "none", *argv])
@@ -160,13 +160,13 @@ def parse_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cores: int | 
     (6, " AUTO ", 6),
     (2, "auto", 2),
     (64, "auto", 64),
+    (96, "auto", 64),  # more cores than workers allowed: the most allowed
     (1, "auto", 1),
-    (None, "auto", 1),  # the count is unknown: one worker, no parent
     (6, "3", 3),
 ])
 def test_workers_auto_is_one_per_core(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                       cores: int | None, given: str, expected: int) -> None:
-    """``--workers auto`` becomes the processor count; a number stays that number."""
+    """``--workers auto`` becomes the usable core count (at most 64); a number stays that number."""
     options = parse_workers(monkeypatch, tmp_path, cores, ["--workers", given])
     assert options["workers"] == expected
 
@@ -204,7 +204,7 @@ def test_workers_auto_starts_one_worker_per_core(tmp_path: Path) -> None:
     has processors: each reports the count in /v1/status, and the parent
     logs starting each of them and no more.
     """
-    cores = os.cpu_count() or 1
+    cores = min(64, len(os.sched_getaffinity(0)))
     app = start_appliance(tmp_path, "--source", "kernel", "--workers", "auto", "--https", "none")
     try:
         deadline = time.monotonic() + 30
@@ -227,3 +227,34 @@ def test_workers_auto_starts_one_worker_per_core(tmp_path: Path) -> None:
             assert started == {str(i) for i in range(cores)}, app.log()
     finally:
         app.stop()
+
+
+def test_parent_source_failure_makes_each_worker_fail_closed() -> None:
+    """
+    The parent marks its failed source in-band; the worker's own health
+    tests reject the mark, so the worker fails closed (not merely starved).
+    """
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from entropy_appliance.health import HealthTests, failing_run
+    from entropy_appliance.pool import PoolState, ReseedPolicy, SeedPool
+    from entropy_appliance.workers import WorkerSupervisor, _Worker
+
+    mark = bytes(failing_run(8.0, 2.0 ** -30))
+    supervisor = WorkerSupervisor(Clock(), 1, [], [], lambda n: os.urandom(n), env={},
+                                  failure_mark=mark)
+    worker = _Worker(supervisor, 0)
+    pipe = StringTransport()
+    worker.makeConnection(pipe)
+    supervisor.workers[0] = (worker, None)
+    supervisor.source_failed()
+    assert pipe.value().endswith(mark)
+
+    clock = Clock()
+    pool = SeedPool(clock, HealthTests(8.0, alpha=2.0 ** -30), ReseedPolicy())
+    for _ in range(4):
+        pool.write(os.urandom(4096))
+    assert pool.state is PoolState.OK
+    pool.write(pipe.value()[-len(mark) - 100:])  # what the worker reads from its stdin
+    assert pool.state is PoolState.FAILED

@@ -54,8 +54,8 @@ class PoolCollector(Collector):
         pool_state = GaugeMetricFamily(
             "entropy_state", "1 for the appliance's current state (ok, starved, failed), else 0.",
             labels=["state"])
-        for name in PoolState:
-            pool_state.add_metric([name.value], 1 if s["state"] == name.value else 0)
+        for each in PoolState:
+            pool_state.add_metric([each.value], 1 if s["state"] == each.value else 0)
         yield pool_state
         starved = s["starved"]
         yield GaugeMetricFamily("entropy_starved_current_seconds",
