@@ -1,6 +1,6 @@
 """Packaging for entropy-appliance."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="entropy-appliance",
@@ -9,7 +9,7 @@ setup(
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
     python_requires=">=3.11",
-    packages=["entropy_appliance", "entropy_appliance.web", "twisted.plugins"],
+    packages=find_packages(include=["entropy_appliance", "entropy_appliance.*"]) + ["twisted.plugins"],
     package_data={
         "twisted": ["plugins/entropy_plugin.py"],
         "entropy_appliance.web": ["static/*"],

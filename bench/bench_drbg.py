@@ -55,7 +55,7 @@ def main() -> None:
 
     # Let the script run from a checkout without installing the package.
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from entropy_appliance.drbg import CtrDrbg
+    from entropy_appliance.core.drbg import CtrDrbg
 
     zeros = bytes(size)
     key = os.urandom(32)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from entropy_appliance.health import HealthTests
+from entropy_appliance.core.health import HealthTests
 
 
 def per_sample(data: bytes, rct_c: int, apt_c: int, window: int) -> bytes:

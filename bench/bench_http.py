@@ -102,7 +102,7 @@ def syslog_sink(path: str) -> None:
 
 
 def inner(args: argparse.Namespace) -> None:
-    from entropy_appliance.tls import generate_self_signed
+    from entropy_appliance.net.tls import generate_self_signed
 
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", "/run"], check=True)

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from PIL import Image  # noqa: E402
 
-from entropy_appliance import media  # noqa: E402
+from entropy_appliance.web import rendering  # noqa: E402
 
 
 def best(fn: object, rounds: int = 3) -> float:
@@ -36,19 +36,19 @@ def best(fn: object, rounds: int = 3) -> float:
 
 def main() -> None:
     """Print the figures."""
-    size = media.MAX_SIZE
+    size = rendering.MAX_SIZE
     rgb = os.urandom(size * size * 3)
     baseline = best(lambda: Image.frombytes("RGB", (size, size), rgb).save(io.BytesIO(), "PNG"), 1)
     print(f"baseline: Pillow default PNG {size}x{size} rgb: {baseline:.2f} s")
-    for mode in media.MODES:
-        data = os.urandom(media.image_bytes_needed(size, size, mode))
-        t = best(lambda d=data, m=mode: media.random_png(lambda n: d, size, size, m), 1)
+    for mode in rendering.MODES:
+        data = os.urandom(rendering.image_bytes_needed(size, size, mode))
+        t = best(lambda d=data, m=mode: rendering.random_png(lambda n: d, size, size, m), 1)
         print(f"random_png {size}x{size} {mode}: {t:.2f} s")
-    raw = os.urandom(media.HEATMAP_MAX_SAMPLES)
-    print(f"heatmap_png {size}x{size}: {best(lambda: media.heatmap_png(raw, size, size)):.2f} s")
-    for color in media.COLORS:
-        data = os.urandom(media.noise_bytes_needed(60, 48000, color))
-        t = best(lambda d=data, c=color: media.noise_wav(lambda n: d, 60, 48000, c))
+    raw = os.urandom(rendering.HEATMAP_MAX_SAMPLES)
+    print(f"heatmap_png {size}x{size}: {best(lambda: rendering.heatmap_png(raw, size, size)):.2f} s")
+    for color in rendering.COLORS:
+        data = os.urandom(rendering.noise_bytes_needed(60, 48000, color))
+        t = best(lambda d=data, c=color: rendering.noise_wav(lambda n: d, 60, 48000, c))
         print(f"noise_wav 60 s 48000 Hz {color}: {t:.2f} s ({60 / t:.0f}x real time)")
 
 

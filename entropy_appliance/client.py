@@ -56,7 +56,7 @@ from typing import IO, Any
 from urllib.parse import urlencode, urlsplit
 
 from entropy_appliance import __version__
-from entropy_appliance.units import parse_size
+from entropy_appliance.core.units import parse_size
 
 __all__ = [
     "EXIT_FAILURE",

@@ -18,10 +18,16 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
-from entropy_appliance.config import EnvironmentOptions
-from entropy_appliance.pool import MIN_RESEED_BYTES, ReseedPolicy
-from entropy_appliance.sources import DEFAULT_MIN_ENTROPY, SourceSpec, detect, open_source, parse_source
-from entropy_appliance.units import parse_size
+from entropy_appliance.app.environment import EnvironmentOptions
+from entropy_appliance.core.pool import MIN_RESEED_BYTES, ReseedPolicy
+from entropy_appliance.core.units import parse_size
+from entropy_appliance.source.sources import (
+    DEFAULT_MIN_ENTROPY,
+    SourceSpec,
+    detect,
+    open_source,
+    parse_source,
+)
 
 if TYPE_CHECKING:
     from entropy_appliance.onion import OnionService
@@ -168,7 +174,7 @@ class Options(EnvironmentOptions):
         self._workers()
 
     def _workers(self) -> None:
-        from entropy_appliance.workers import parse_ports
+        from entropy_appliance.app.workers import parse_ports
 
         text = str(self["workers"]).strip().lower()
         if text == "auto":
@@ -270,7 +276,7 @@ class Options(EnvironmentOptions):
 
     def _web(self) -> None:
         """Validate the web endpoints and --max-bytes; load (or generate) the TLS material."""
-        from entropy_appliance import tls
+        from entropy_appliance.net import tls
 
         self["http"] = self._endpoints("http", self["http"], ["tcp:8080"])
         https = self["https"] or ["ssl:8443"]
@@ -312,7 +318,7 @@ class Options(EnvironmentOptions):
 
     def _limits(self) -> None:
         """Validate the shutdown deadline and the per-peer limits into ``peer_policy``."""
-        from entropy_appliance.limits import PeerPolicy
+        from entropy_appliance.net.limits import PeerPolicy
 
         self["shutdown-timeout"] = self._seconds("shutdown-timeout", 3600)
         try:
@@ -430,7 +436,7 @@ def _web_service(options: Options, reactor: Any, pool: Any, listen: Listen, guar
     from twisted.internet.endpoints import serverFromString
     from twisted.logger import Logger
 
-    from entropy_appliance import tls
+    from entropy_appliance.net import tls
     from entropy_appliance.web import EntropyWeb
 
     log = Logger()
@@ -469,7 +475,7 @@ def _listener(mode: str, reactor: Any, top: MultiService, inherited: list[Any] |
     from twisted.application.internet import StreamServerEndpointService
     from twisted.protocols.tls import TLSMemoryBIOFactory
 
-    from entropy_appliance.workers import AdoptedPort, HeldPort
+    from entropy_appliance.app.workers import AdoptedPort, HeldPort
 
     def listen(kind: str, endpoint: Any, factory: Any, tls_creator: Any) -> None:
         if mode == "single":
@@ -504,9 +510,9 @@ def makeService(options: Options) -> IService:
     from twisted.internet import reactor
     from twisted.internet.endpoints import serverFromString
 
-    from entropy_appliance.core import OrderedService, build_core
-    from entropy_appliance.sources import DeviceSource
-    from entropy_appliance.stream import StreamFactory
+    from entropy_appliance.app.pipeline import OrderedService, build_core
+    from entropy_appliance.net.stream import StreamFactory
+    from entropy_appliance.source.sources import DeviceSource
 
     inherited = options["worker_ports"]
     mode = "worker" if inherited is not None else "parent" if options["workers"] > 1 else "single"
@@ -531,8 +537,8 @@ def makeService(options: Options) -> IService:
     held: list[Any] = []
     listen = _listener(mode, reactor, top, list(inherited or []), held)
 
-    from entropy_appliance.limits import PeerGuard
-    from entropy_appliance.signals import GracefulStop, ReloadService
+    from entropy_appliance.app.signals import GracefulStop, ReloadService
+    from entropy_appliance.net.limits import PeerGuard
 
     guard = PeerGuard(options["peer_policy"], reactor)
     # Right after the pipeline, so it stops after every listener and before
@@ -556,7 +562,7 @@ def makeService(options: Options) -> IService:
         onion = _onion_service(options, reactor, onion_targets)
         extras["onion"] = onion.status
     if mode == "worker":
-        from entropy_appliance.workers import ParentWatch
+        from entropy_appliance.app.workers import ParentWatch
 
         index, pid = options["worker-index"], os.getpid()
         extras["worker"] = lambda: {"index": index, "pid": pid, "of": options["workers"]}
@@ -570,8 +576,8 @@ def makeService(options: Options) -> IService:
 
     supervisor = None
     if mode == "parent":
-        from entropy_appliance.health import failing_run
-        from entropy_appliance.workers import WorkerSupervisor
+        from entropy_appliance.app.workers import WorkerSupervisor
+        from entropy_appliance.core.health import failing_run
 
         mark = bytes(failing_run(options["min-entropy"], options["alpha"]))
         supervisor = WorkerSupervisor(reactor, options["workers"], options.argv, held, pool.take_seed,
@@ -585,7 +591,7 @@ def makeService(options: Options) -> IService:
     if mode != "worker":
         # Keep this the last child: it starts after every listener listens
         # (READY=1) and stops first (STOPPING=1).  Without $NOTIFY_SOCKET it is silent.
-        from entropy_appliance.systemd import NotifyService
+        from entropy_appliance.app.systemd import NotifyService
 
         NotifyService(pool.status, reactor, ready=pool.when_ready).setServiceParent(top)
 

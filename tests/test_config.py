@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from twisted.python import usage
 
-from entropy_appliance.config import EnvironmentOptions, parse_bool, variable_name
+from entropy_appliance.app.environment import EnvironmentOptions, parse_bool, variable_name
 from entropy_appliance.tap import Options
 from tests.twistd_helpers import REPO_ROOT
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from entropy_appliance.drbg import (
+from entropy_appliance.core.drbg import (
     MAX_BYTES_PER_REQUEST,
     RESEED_INTERVAL,
     SEEDLEN,

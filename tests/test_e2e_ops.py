@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from entropy_appliance import tls
+from entropy_appliance.net import tls
 from tests.twistd_helpers import Appliance, start_appliance
 
 pytestmark = pytest.mark.e2e

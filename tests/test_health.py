@@ -1,4 +1,4 @@
-"""Tests for the SP 800-90B continuous health tests (entropy_appliance.health)."""
+"""Tests for the SP 800-90B continuous health tests (entropy_appliance.core.health)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from entropy_appliance.health import HealthTests, apt_cutoff, rct_cutoff
+from entropy_appliance.core.health import HealthTests, apt_cutoff, rct_cutoff
 
 # -- an independent, per-sample reference --------------------------------------
 

@@ -16,7 +16,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.limits import (
+from entropy_appliance.net.limits import (
     PeerBandwidth,
     PeerConnections,
     PeerGuard,
@@ -27,7 +27,7 @@ from entropy_appliance.limits import (
     _ProducerGate,
     peer_key,
 )
-from entropy_appliance.stream import StreamFactory
+from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.web import EntropyWeb
 from tests.web_helpers import seeded_pool
 

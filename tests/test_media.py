@@ -16,11 +16,10 @@ import pytest
 from PIL import Image
 from twisted.internet.task import Clock
 
-from entropy_appliance import media
-from entropy_appliance.health import HealthTests
-from entropy_appliance.pool import ReseedPolicy, SeedPool
-from entropy_appliance.web import openapi
-from entropy_appliance.web.media_routes import EventStream
+from entropy_appliance.core.health import HealthTests
+from entropy_appliance.core.pool import ReseedPolicy, SeedPool
+from entropy_appliance.web import openapi, rendering
+from entropy_appliance.web.media import EventStream
 from tests.web_helpers import call, failed_pool, header, make_web, seeded_pool
 
 
@@ -64,22 +63,22 @@ def decode_wav(body: bytes) -> tuple[wave.Wave_read, array]:
 @pytest.mark.parametrize(("width", "height"), [(256, 256), (1, 1), (37, 5), (300, 17)])
 def test_random_png_decodes_at_size_and_mode(mode: str, pil_mode: str, width: int, height: int) -> None:
     source = CountingSource()
-    image = decode_png(media.random_png(source, width, height, mode))
+    image = decode_png(rendering.random_png(source, width, height, mode))
     assert image.size == (width, height)
     assert image.mode == pil_mode
-    assert source.calls == [media.image_bytes_needed(width, height, mode)]
+    assert source.calls == [rendering.image_bytes_needed(width, height, mode)]
 
 
 def test_random_png_pixels_are_the_random_bytes() -> None:
     source = CountingSource()
-    image = decode_png(media.random_png(source, 16, 4, "gray"))
+    image = decode_png(rendering.random_png(source, 16, 4, "gray"))
     assert image.tobytes() == CountingSource()(64)
     assert len(set(image.tobytes())) > 30
 
 
 def test_bits_mode_draws_each_bit_as_black_or_white() -> None:
     # 0b10100101: white, black, white, black, black, white, black, white
-    image = decode_png(media.random_png(constant(0xA5), 8, 3, "bits"))
+    image = decode_png(rendering.random_png(constant(0xA5), 8, 3, "bits"))
     row = [image.getpixel((x, 0)) for x in range(8)]
     assert row == [255, 0, 255, 0, 0, 255, 0, 255]
     rgb = image.convert("RGB")
@@ -87,15 +86,15 @@ def test_bits_mode_draws_each_bit_as_black_or_white() -> None:
 
 
 def test_image_limits() -> None:
-    media.check_image(1, 4096, "bits")
-    with pytest.raises(media.MediaParamError) as e:
-        media.check_image(4097, 10)
+    rendering.check_image(1, 4096, "bits")
+    with pytest.raises(rendering.MediaParamError) as e:
+        rendering.check_image(4097, 10)
     assert e.value.too_large and e.value.param == "width"
-    with pytest.raises(media.MediaParamError) as e:
-        media.check_image(10, 0)
+    with pytest.raises(rendering.MediaParamError) as e:
+        rendering.check_image(10, 0)
     assert not e.value.too_large and e.value.param == "height"
-    with pytest.raises(media.MediaParamError) as e:
-        media.check_image(10, 10, "cmyk")
+    with pytest.raises(rendering.MediaParamError) as e:
+        rendering.check_image(10, 10, "cmyk")
     assert not e.value.too_large and e.value.param == "mode"
 
 
@@ -103,24 +102,24 @@ def test_image_limits() -> None:
 
 
 def test_stuck_source_makes_a_uniform_heatmap() -> None:
-    cols, rows = media.heatmap_grid(256, 256)
-    stuck = decode_png(media.heatmap_png(b"\x42" * (cols * rows), 256, 256)).convert("RGB")
+    cols, rows = rendering.heatmap_grid(256, 256)
+    stuck = decode_png(rendering.heatmap_png(b"\x42" * (cols * rows), 256, 256)).convert("RGB")
     assert stuck.size == (256, 256)
     colours = stuck.getcolors()
     assert colours is not None and len(colours) == 1
     # popcount(0x42) == 2: the colour of two set bits, everywhere.
-    assert colours[0][1] == media.popcount_palette()[2]
+    assert colours[0][1] == rendering.popcount_palette()[2]
 
 
 def test_fair_source_makes_a_varied_heatmap_and_bias_shows() -> None:
-    cols, rows = media.heatmap_grid(128, 64)
-    fair = decode_png(media.heatmap_png(CountingSource()(cols * rows), 128, 64)).convert("RGB")
+    cols, rows = rendering.heatmap_grid(128, 64)
+    fair = decode_png(rendering.heatmap_png(CountingSource()(cols * rows), 128, 64)).convert("RGB")
     assert fair.size == (128, 64)
     assert len(fair.getcolors() or []) >= 6
-    palette = media.popcount_palette()
+    palette = rendering.popcount_palette()
     # A source stuck high and one stuck low look different at a glance.
-    high = decode_png(media.heatmap_png(b"\xff" * (cols * rows), 128, 64)).convert("RGB")
-    low = decode_png(media.heatmap_png(b"\x00" * (cols * rows), 128, 64)).convert("RGB")
+    high = decode_png(rendering.heatmap_png(b"\xff" * (cols * rows), 128, 64)).convert("RGB")
+    low = decode_png(rendering.heatmap_png(b"\x00" * (cols * rows), 128, 64)).convert("RGB")
     assert high.getpixel((0, 0)) == palette[8]
     assert low.getpixel((0, 0)) == palette[0]
 
@@ -128,14 +127,14 @@ def test_fair_source_makes_a_varied_heatmap_and_bias_shows() -> None:
 @pytest.mark.parametrize(("width", "height"),
                          [(1, 1), (1, 4096), (4096, 1), (256, 256), (4096, 4096), (3, 1000)])
 def test_heatmap_grid_is_small_and_fits(width: int, height: int) -> None:
-    cols, rows = media.heatmap_grid(width, height)
+    cols, rows = rendering.heatmap_grid(width, height)
     assert 1 <= cols <= width and 1 <= rows <= height
-    assert cols * rows <= media.HEATMAP_MAX_SAMPLES
+    assert cols * rows <= rendering.HEATMAP_MAX_SAMPLES
 
 
 def test_heatmap_needs_enough_samples() -> None:
     with pytest.raises(ValueError):
-        media.heatmap_png(b"\x00" * 10, 256, 256)
+        rendering.heatmap_png(b"\x00" * 10, 256, 256)
 
 
 # -- sound --------------------------------------------------------------------
@@ -148,25 +147,25 @@ def roughness(samples: array) -> float:
     return diff / energy
 
 
-@pytest.mark.parametrize("color", media.COLORS)
+@pytest.mark.parametrize("color", rendering.COLORS)
 @pytest.mark.parametrize(("seconds", "rate"), [(1.0, 8000), (0.25, 22050), (0.1, 44100), (0.5, 48000)])
 def test_noise_wav_parses_at_rate_and_length(color: str, seconds: float, rate: int) -> None:
     source = CountingSource()
-    reader, samples = decode_wav(media.noise_wav(source, seconds, rate, color))
+    reader, samples = decode_wav(rendering.noise_wav(source, seconds, rate, color))
     assert reader.getframerate() == rate
     assert reader.getnchannels() == 1
     assert reader.getsampwidth() == 2
     assert reader.getnframes() == round(seconds * rate) == len(samples)
-    assert source.calls == [media.noise_bytes_needed(seconds, rate, color)]
+    assert source.calls == [rendering.noise_bytes_needed(seconds, rate, color)]
     # Normalised: the peak reaches -1 dBFS and nothing clips.
-    assert max(max(samples), -min(samples)) in range(media.PEAK - 2, media.PEAK + 1)
+    assert max(max(samples), -min(samples)) in range(rendering.PEAK - 2, rendering.PEAK + 1)
     assert abs(sum(samples) / len(samples)) < 200
 
 
 def test_noise_colours_sound_different() -> None:
     rough = {}
-    for color in media.COLORS:
-        _, samples = decode_wav(media.noise_wav(CountingSource(), 1.0, 8000, color))
+    for color in rendering.COLORS:
+        _, samples = decode_wav(rendering.noise_wav(CountingSource(), 1.0, 8000, color))
         rough[color] = roughness(samples)
     assert rough["white"] > 1.5
     assert 0.15 < rough["pink"] < 1.0
@@ -176,13 +175,13 @@ def test_noise_colours_sound_different() -> None:
 def test_noise_is_different_each_time() -> None:
     import os
 
-    a = media.noise_wav(os.urandom, 0.1, 8000, "pink")
-    b = media.noise_wav(os.urandom, 0.1, 8000, "pink")
+    a = rendering.noise_wav(os.urandom, 0.1, 8000, "pink")
+    b = rendering.noise_wav(os.urandom, 0.1, 8000, "pink")
     assert a != b
 
 
 def test_sound_limits() -> None:
-    media.check_sound(60, 48000, "brown")
+    rendering.check_sound(60, 48000, "brown")
     for seconds, rate, color, param, too_large in [
         (60.5, 8000, "white", "seconds", True),
         (0, 8000, "white", "seconds", False),
@@ -191,8 +190,8 @@ def test_sound_limits() -> None:
         (1, 16000, "white", "rate", False),
         (1, 8000, "blue", "color", False),
     ]:
-        with pytest.raises(media.MediaParamError) as e:
-            media.check_sound(seconds, rate, color)
+        with pytest.raises(rendering.MediaParamError) as e:
+            rendering.check_sound(seconds, rate, color)
         assert (e.value.param, e.value.too_large) == (param, too_large)
 
 
@@ -250,7 +249,7 @@ def test_heatmap_route_draws_raw_samples() -> None:
     assert resp.code == 200
     assert header(resp, "Content-Type") == "image/png"
     assert header(resp, "Cache-Control") == "no-store"
-    cols, rows = media.heatmap_grid(64, 64)
+    cols, rows = rendering.heatmap_grid(64, 64)
     assert header(resp, "X-Raw-Samples") == str(cols * rows)
     assert decode_png(body).size == (64, 64)
     # The samples were consumed, so they will never seed the DRBG.
@@ -275,10 +274,10 @@ def test_heatmap_of_a_stuck_source_is_uniform() -> None:
     resp, body = call(stub, "GET", "http://appliance/v1/image/heatmap?width=128&height=128")
     assert resp.code == 200
     colours = decode_png(body).convert("RGB").getcolors()
-    assert colours is not None and [c for _, c in colours] == [media.popcount_palette()[3]]
+    assert colours is not None and [c for _, c in colours] == [rendering.popcount_palette()[3]]
 
 
-@pytest.mark.parametrize("color", media.COLORS)
+@pytest.mark.parametrize("color", rendering.COLORS)
 def test_noise_route(color: str) -> None:
     web, stub = make_web()
     resp, body = call(stub, "GET", f"http://appliance/v1/sound/noise?seconds=0.5&rate=22050&color={color}")
@@ -287,15 +286,15 @@ def test_noise_route(color: str) -> None:
     assert header(resp, "Cache-Control") == "no-store"
     reader, samples = decode_wav(body)
     assert (reader.getframerate(), len(samples)) == (22050, 11025)
-    assert web.pool.status()["served"]["sound"] == media.noise_bytes_needed(0.5, 22050, color)
+    assert web.pool.status()["served"]["sound"] == rendering.noise_bytes_needed(0.5, 22050, color)
 
 
 def test_noise_route_defaults() -> None:
     _, stub = make_web()
     resp, body = call(stub, "GET", "http://appliance/v1/sound/noise")
     reader, samples = decode_wav(body)
-    assert reader.getframerate() == media.DEFAULT_RATE
-    assert len(samples) == round(media.DEFAULT_SECONDS * media.DEFAULT_RATE)
+    assert reader.getframerate() == rendering.DEFAULT_RATE
+    assert len(samples) == round(rendering.DEFAULT_SECONDS * rendering.DEFAULT_RATE)
 
 
 @pytest.mark.parametrize(("query", "status"), [
@@ -322,11 +321,11 @@ def test_openapi_describes_media_routes() -> None:
     assert {"400", "413", "503"} <= set(heatmap["responses"])
     image = paths["/v1/image/random"]["get"]
     width = next(p for p in image["parameters"] if p["name"] == "width")
-    assert width["schema"]["maximum"] == media.MAX_SIZE
+    assert width["schema"]["maximum"] == rendering.MAX_SIZE
     noise = paths["/v1/sound/noise"]["get"]
     params = {p["name"]: p["schema"] for p in noise["parameters"]}
-    assert params["seconds"]["maximum"] == media.MAX_SECONDS
-    assert params["rate"]["enum"] == list(media.RATES)
+    assert params["seconds"]["maximum"] == rendering.MAX_SECONDS
+    assert params["rate"]["enum"] == list(rendering.RATES)
     assert {"400", "413"} <= set(noise["responses"])
     assert openapi.problem_responses(400)["400"]["content"] == noise["responses"]["400"]["content"]
 

@@ -19,10 +19,10 @@ from twisted.internet.interfaces import IConsumer, IPullProducer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.health import HealthTests
-from entropy_appliance.pool import FailClosed, PoolShort, PoolState, ReseedPolicy, SeedPool, Starved
-from entropy_appliance.producer import SourceProducer
-from entropy_appliance.sources import DeviceSource, SourceError
+from entropy_appliance.core.health import HealthTests
+from entropy_appliance.core.pool import FailClosed, PoolShort, PoolState, ReseedPolicy, SeedPool, Starved
+from entropy_appliance.source.producer import SourceProducer
+from entropy_appliance.source.sources import DeviceSource, SourceError
 
 
 class FakeSource:
@@ -345,7 +345,7 @@ def test_never_serves_from_unseeded_when_source_is_bad_from_start() -> None:
 def test_real_fork_child_never_repeats_parent_output() -> None:
     """After os.fork() both processes hold the same DRBG state in memory;
     the child must drop it and seed itself before its first output."""
-    from entropy_appliance.sources import KernelSource
+    from entropy_appliance.source.sources import KernelSource
 
     clock = Clock()
     pool = SeedPool(clock, HealthTests(8.0), ReseedPolicy())

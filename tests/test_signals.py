@@ -27,10 +27,10 @@ from twisted.logger import (
 from twisted.python.logfile import LogFile
 from zope.interface.verify import verifyObject
 
-from entropy_appliance import tls
-from entropy_appliance.limits import InFlight, PeerGuard, PeerPolicy
-from entropy_appliance.signals import GracefulStop, ReloadService, reload_tls, reopen_logs
-from entropy_appliance.stream import StreamFactory
+from entropy_appliance.app.signals import GracefulStop, ReloadService, reload_tls, reopen_logs
+from entropy_appliance.net import tls
+from entropy_appliance.net.limits import InFlight, PeerGuard, PeerPolicy
+from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.web import EntropyWeb
 from tests.web_helpers import seeded_pool
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from entropy_appliance.sources import (
+from entropy_appliance.source.sources import (
     DeviceSource,
     KernelSource,
     SourceError,

@@ -7,8 +7,8 @@ from twisted.internet.interfaces import IPullProducer
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.pool import SeedPool
-from entropy_appliance.stream import MAX_CLIENT_INPUT, StreamFactory, StreamProtocol
+from entropy_appliance.core.pool import SeedPool
+from entropy_appliance.net.stream import MAX_CLIENT_INPUT, StreamFactory, StreamProtocol
 from tests.test_pool import FakeSource, pipeline, seed_fully, slow_pipeline, stuck
 
 

@@ -29,9 +29,9 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from entropy_appliance import client
-from entropy_appliance.health import HealthTests
-from entropy_appliance.pool import ReseedPolicy, SeedPool
-from entropy_appliance.systemd import NotifyService, sd_notify, status_line
+from entropy_appliance.app.systemd import NotifyService, sd_notify, status_line
+from entropy_appliance.core.health import HealthTests
+from entropy_appliance.core.pool import ReseedPolicy, SeedPool
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "contrib" / "systemd"

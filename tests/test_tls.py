@@ -13,7 +13,7 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.python import usage
 
-from entropy_appliance import tls
+from entropy_appliance.net import tls
 from entropy_appliance.tap import Options
 
 

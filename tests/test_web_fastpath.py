@@ -22,7 +22,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.limits import (
+from entropy_appliance.net.limits import (
     InFlight,
     PeerGuard,
     PeerPolicy,

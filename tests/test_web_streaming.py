@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet.interfaces import IPushProducer
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.pool import FailClosed
+from entropy_appliance.core.pool import FailClosed
 from entropy_appliance.web.formats import FORMATS
 from entropy_appliance.web.streaming import RandomBodyProducer
 from tests.test_pool import seed_fully, slow_pipeline, stuck

@@ -17,10 +17,10 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python import usage
 
-from entropy_appliance.health import HealthTests
-from entropy_appliance.pool import PoolShort, ReseedPolicy, SeedPool
+from entropy_appliance.app.workers import InheritedPort, ParentWatch, encode_ports, parse_ports
+from entropy_appliance.core.health import HealthTests
+from entropy_appliance.core.pool import PoolShort, ReseedPolicy, SeedPool
 from entropy_appliance.tap import Options
-from entropy_appliance.workers import InheritedPort, ParentWatch, encode_ports, parse_ports
 from tests.test_pool import FakeSource, pipeline
 from tests.twistd_helpers import start_appliance
 
@@ -36,7 +36,7 @@ def test_ports_round_trip() -> None:
 def test_relay_pool_hands_out_each_sample_once_and_never_seeds_itself() -> None:
     clock = Clock()
     pool = SeedPool(clock, HealthTests(8.0), ReseedPolicy(), serving=False)
-    from entropy_appliance.producer import SourceProducer
+    from entropy_appliance.source.producer import SourceProducer
     from tests.test_pool import sync_run
 
     SourceProducer(FakeSource(), pool, sync_run, clock, chunk_size=1024).start()
@@ -237,9 +237,9 @@ def test_parent_source_failure_makes_each_worker_fail_closed() -> None:
     from twisted.internet.task import Clock
     from twisted.internet.testing import StringTransport
 
-    from entropy_appliance.health import HealthTests, failing_run
-    from entropy_appliance.pool import PoolState, ReseedPolicy, SeedPool
-    from entropy_appliance.workers import WorkerSupervisor, _Worker
+    from entropy_appliance.app.workers import WorkerSupervisor, _Worker
+    from entropy_appliance.core.health import HealthTests, failing_run
+    from entropy_appliance.core.pool import PoolState, ReseedPolicy, SeedPool
 
     mark = bytes(failing_run(8.0, 2.0 ** -30))
     supervisor = WorkerSupervisor(Clock(), 1, [], [], lambda n: os.urandom(n), env={},

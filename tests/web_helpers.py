@@ -8,8 +8,8 @@ from typing import Any
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
-from entropy_appliance.health import HealthTests
-from entropy_appliance.pool import ReseedPolicy, SeedPool
+from entropy_appliance.core.health import HealthTests
+from entropy_appliance.core.pool import ReseedPolicy, SeedPool
 from entropy_appliance.web import EntropyWeb
 
 

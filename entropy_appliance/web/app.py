@@ -14,7 +14,7 @@ Hooks for other modules:
 - ``listeners``: endpoint descriptions reported by ``/v1/status``.
 - New routes: subclass, or add ``@EntropyWeb.app.route(...)`` methods, and
   describe them with :func:`entropy_appliance.web.openapi.register_paths`.
-  Raise :mod:`entropy_appliance.web.errors` problems (``BadRequest`` and
+  Raise :mod:`entropy_appliance.web.problems` problems (``BadRequest`` and
   friends) and parse parameters with :func:`parse_int` / :func:`parse_choice`
   so errors stay RFC 9457.  Call :meth:`EntropyWeb.rng_headers` on every
   response that carries random data.
@@ -42,14 +42,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from entropy_appliance import __version__
-from entropy_appliance.pool import FailClosed, PoolState, SeedPool
-from entropy_appliance.web import errors, openapi
-from entropy_appliance.web.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
+from entropy_appliance.core.pool import FailClosed, PoolState, SeedPool
+from entropy_appliance.web import openapi, problems
 from entropy_appliance.web.fastpath import FastRoutes, fast_channel_protocol
 from entropy_appliance.web.formats import DEFAULT_FORMAT, FORMATS, Format
 from entropy_appliance.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from entropy_appliance.web.metrics import WebMetrics
 from entropy_appliance.web.pollen import render_pollen
+from entropy_appliance.web.problems import BadRequest, PayloadTooLarge, ServiceUnavailable
 from entropy_appliance.web.streaming import CHUNK_SIZE, STREAM_THRESHOLD, stream_random
 
 __all__ = [
@@ -97,7 +97,7 @@ def parse_int(request: Request, name: str, lo: int, hi: int | None,
               default: int | None = None) -> int:
     """
     The integer query parameter ``name`` in [lo, hi] (``hi`` None: no upper
-    bound), or ``default`` when absent; raises :class:`errors.BadRequest`.
+    bound), or ``default`` when absent; raises :class:`problems.BadRequest`.
     """
     text = _arg(request, name)
     if text is None:
@@ -285,7 +285,7 @@ class EntropyWeb:
     """The web surface of one appliance, over one seed pool."""
 
     app = Klein()
-    errors.install(app)
+    problems.install(app)
 
     def __init__(
         self,
@@ -364,7 +364,7 @@ class EntropyWeb:
             request.setHeader(name, value)
 
     def random(self, n: int, surface: str = "http") -> bytes:
-        """``n`` bytes from the pool, or :class:`errors.ServiceUnavailable`."""
+        """``n`` bytes from the pool, or :class:`problems.ServiceUnavailable`."""
         try:
             return self.pool.random_bytes(n, surface=surface)
         except FailClosed as e:
@@ -495,4 +495,4 @@ class EntropyWeb:
         """The OpenAPI 3.1 document of this instance."""
         doc = openapi.build_document(openapi.OpenAPIContext(self.version, self.max_bytes))
         return self._json(request, doc)
-__import__("entropy_appliance.web.media_routes", fromlist=["install"]).install(EntropyWeb.app)
+__import__("entropy_appliance.web.media", fromlist=["install"]).install(EntropyWeb.app)

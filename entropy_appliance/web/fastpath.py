@@ -47,9 +47,9 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import version as SERVER_VERSION
 from zope.interface import implementer
 
-from entropy_appliance.pool import FailClosed, IClock, SeedPool, Starved
-from entropy_appliance.web.errors import PROBLEM_JSON, ServiceUnavailable, URITooLong, problem_body
+from entropy_appliance.core.pool import FailClosed, IClock, SeedPool, Starved
 from entropy_appliance.web.pollen import MAX_CHALLENGE, POLLEN_BYTES, TEXT_PLAIN, pollen_reply
+from entropy_appliance.web.problems import PROBLEM_JSON, ServiceUnavailable, URITooLong, problem_body
 
 __all__ = ["FastRoutes", "FastHTTPChannel", "StreamedBody", "fast_channel_protocol",
            "FAST_MAX_BYTES", "STREAM_CHUNK"]
@@ -85,7 +85,7 @@ _log = Logger()
 
 
 class InFlightCount(Protocol):
-    """What a streamed body needs of :class:`entropy_appliance.limits.InFlight`."""
+    """What a streamed body needs of :class:`entropy_appliance.net.limits.InFlight`."""
 
     def enter(self) -> None: ...
 

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, g
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from entropy_appliance.pool import PoolState, SeedPool
+from entropy_appliance.core.pool import PoolState, SeedPool
 
 __all__ = ["PoolCollector", "WebMetrics", "CONTENT_TYPE", "SOURCE_STATES"]
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 from twisted.web.server import Request
 
-from entropy_appliance.pool import FailClosed, SeedPool
-from entropy_appliance.web.errors import ServiceUnavailable, write_problem
+from entropy_appliance.core.pool import FailClosed, SeedPool
+from entropy_appliance.web.problems import ServiceUnavailable, write_problem
 
 __all__ = ["POLLEN_BYTES", "NO_CHALLENGE", "challenge_of", "pollen_reply", "render_pollen"]
 

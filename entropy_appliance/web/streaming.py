@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from entropy_appliance.pool import FailClosed, SeedPool, Starved
+from entropy_appliance.core.pool import FailClosed, SeedPool, Starved
 from entropy_appliance.web.formats import Format
 
 __all__ = ["STREAM_THRESHOLD", "CHUNK_SIZE", "RandomBodyProducer", "stream_random", "abort_request"]

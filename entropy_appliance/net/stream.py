@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from entropy_appliance.pool import FailClosed, SeedPool, Starved
+from entropy_appliance.core.pool import FailClosed, SeedPool, Starved
 
 __all__ = ["StreamProtocol", "StreamFactory", "CHUNK_SIZE", "MAX_CLIENT_INPUT"]
 

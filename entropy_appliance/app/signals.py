@@ -34,8 +34,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger, globalLogPublisher
 from twisted.python.logfile import BaseLogFile
 
-from entropy_appliance import tls
-from entropy_appliance.limits import InFlight
+from entropy_appliance.net import tls
+from entropy_appliance.net.limits import InFlight
 
 __all__ = [
     "GracefulStop",

@@ -17,10 +17,10 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from entropy_appliance.health import HealthTests
-from entropy_appliance.pool import ReseedPolicy, SeedPool
-from entropy_appliance.producer import ReaderThread, SourceProducer
-from entropy_appliance.sources import Source
+from entropy_appliance.core.health import HealthTests
+from entropy_appliance.core.pool import ReseedPolicy, SeedPool
+from entropy_appliance.source.producer import ReaderThread, SourceProducer
+from entropy_appliance.source.sources import Source
 
 __all__ = ["CoreService", "OrderedService", "build_core"]
 

@@ -17,7 +17,7 @@ bytes are drawn in the reactor thread (the pool is not thread-safe); the
 image and sound encoding, which takes up to seconds for the largest sizes,
 runs in the reactor's thread pool when ``EntropyWeb.clock`` is a reactor
 with threads, and inline otherwise (a ``task.Clock`` in tests).  The limits
-come from :mod:`entropy_appliance.media`; a size beyond them is 413, any
+come from :mod:`entropy_appliance.web.rendering`; a size beyond them is 413, any
 other bad value 400.
 """
 
@@ -37,10 +37,9 @@ from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Request
 
-from entropy_appliance import media
-from entropy_appliance.pool import PoolShort
-from entropy_appliance.web import openapi
-from entropy_appliance.web.errors import BadRequest, PayloadTooLarge, ServiceUnavailable
+from entropy_appliance.core.pool import PoolShort
+from entropy_appliance.web import openapi, rendering
+from entropy_appliance.web.problems import BadRequest, PayloadTooLarge, ServiceUnavailable
 
 if TYPE_CHECKING:
     from entropy_appliance.web.app import EntropyWeb
@@ -69,7 +68,7 @@ def _arg(request: Request, name: str) -> str | None:
     return values[0].decode("utf-8", "replace")
 
 
-def _problem(e: media.MediaParamError) -> BadRequest | PayloadTooLarge:
+def _problem(e: rendering.MediaParamError) -> BadRequest | PayloadTooLarge:
     if e.too_large:
         return PayloadTooLarge(e.message)
     return BadRequest(e.message)
@@ -78,9 +77,9 @@ def _problem(e: media.MediaParamError) -> BadRequest | PayloadTooLarge:
 def _parse_size(request: Request, name: str) -> int:
     from entropy_appliance.web.app import parse_int
 
-    value = parse_int(request, name, 1, None, default=media.DEFAULT_SIZE)
-    if value > media.MAX_SIZE:
-        raise PayloadTooLarge(f"{name}={value} is above the limit of {media.MAX_SIZE} pixels")
+    value = parse_int(request, name, 1, None, default=rendering.DEFAULT_SIZE)
+    if value > rendering.MAX_SIZE:
+        raise PayloadTooLarge(f"{name}={value} is above the limit of {rendering.MAX_SIZE} pixels")
     return value
 
 
@@ -88,15 +87,15 @@ def parse_seconds(request: Request) -> float:
     """The ``seconds`` parameter: a decimal number, 0 < S <= 60 (above is 413)."""
     text = _arg(request, "seconds")
     if text is None:
-        return media.DEFAULT_SECONDS
+        return rendering.DEFAULT_SECONDS
     if not _NUMBER.fullmatch(text.strip()):
         raise BadRequest(f"seconds={text[:64]!r} is not a number")
     value = float(text)
     if not math.isfinite(value) or value <= 0:
         raise BadRequest(f"seconds={text[:64]} is out of range: it must be above 0")
-    if value > media.MAX_SECONDS:
+    if value > rendering.MAX_SECONDS:
         raise PayloadTooLarge(
-            f"seconds={value:g} is above the limit of {media.MAX_SECONDS:g}; ask for less")
+            f"seconds={value:g} is above the limit of {rendering.MAX_SECONDS:g}; ask for less")
     return value
 
 
@@ -187,15 +186,15 @@ def install(app: Klein) -> None:
 
         width = _parse_size(request, "width")
         height = _parse_size(request, "height")
-        mode = parse_choice(request, "mode", media.MODES, "rgb")
+        mode = parse_choice(request, "mode", rendering.MODES, "rgb")
         if request.method == b"HEAD":
             self._require_healthy()
             self.rng_headers(request)
             request.setHeader(b"Content-Type", b"image/png")
             return b""
-        raw = self.random(media.image_bytes_needed(width, height, mode), surface="image")
+        raw = self.random(rendering.image_bytes_needed(width, height, mode), surface="image")
         self.rng_headers(request)
-        d = _offload(self, media.random_png, _drawn(raw), width, height, mode)
+        d = _offload(self, rendering.random_png, _drawn(raw), width, height, mode)
         return d.addCallback(_send, request, b"image/png")
 
     @app.route("/v1/image/heatmap", methods=["GET"])
@@ -203,7 +202,7 @@ def install(app: Klein) -> None:
         """A PNG heatmap of the bit counts of raw source samples (not DRBG output)."""
         width = _parse_size(request, "width")
         height = _parse_size(request, "height")
-        cols, rows = media.heatmap_grid(width, height)
+        cols, rows = rendering.heatmap_grid(width, height)
         request.setHeader(b"X-RNG-Source", self.pool.source_name.encode())
         request.setHeader(b"X-RNG-Source-Kind", self.pool.source_kind.encode())
         request.setHeader(b"X-Raw-Samples", b"%d" % (cols * rows))
@@ -215,7 +214,7 @@ def install(app: Klein) -> None:
             raw = self.pool.take_raw(cols * rows)
         except PoolShort as e:
             raise ServiceUnavailable(f"{e}; try again in a moment", 1.0) from None
-        d = _offload(self, media.heatmap_png, raw, width, height)
+        d = _offload(self, rendering.heatmap_png, raw, width, height)
         return d.addCallback(_send, request, b"image/png")
 
     @app.route("/v1/sound/noise", methods=["GET"])
@@ -224,11 +223,11 @@ def install(app: Klein) -> None:
         from entropy_appliance.web.app import parse_choice, parse_int
 
         seconds = parse_seconds(request)
-        rate = parse_int(request, "rate", 1, None, default=media.DEFAULT_RATE)
-        color = parse_choice(request, "color", media.COLORS, "white")
+        rate = parse_int(request, "rate", 1, None, default=rendering.DEFAULT_RATE)
+        color = parse_choice(request, "color", rendering.COLORS, "white")
         try:
-            need = media.noise_bytes_needed(seconds, rate, color)
-        except media.MediaParamError as e:
+            need = rendering.noise_bytes_needed(seconds, rate, color)
+        except rendering.MediaParamError as e:
             raise _problem(e) from None
         if request.method == b"HEAD":
             self._require_healthy()
@@ -237,7 +236,7 @@ def install(app: Klein) -> None:
             return b""
         raw = self.random(need, surface="sound")
         self.rng_headers(request)
-        d = _offload(self, media.noise_wav, _drawn(raw), seconds, rate, color)
+        d = _offload(self, rendering.noise_wav, _drawn(raw), seconds, rate, color)
         return d.addCallback(_send, request, b"audio/wav")
 
     @app.route("/v1/events", methods=["GET"])
@@ -256,7 +255,7 @@ def install(app: Klein) -> None:
     @app.route("/static/<string:name>", methods=["GET"])
     def static_asset(self: EntropyWeb, request: Request, name: str) -> bytes:
         """The dashboard's script and style sheet."""
-        from entropy_appliance.web.errors import NotFound
+        from entropy_appliance.web.problems import NotFound
 
         if name not in _ASSETS:
             raise NotFound(f"no static file {name!r}")
@@ -269,8 +268,8 @@ def install(app: Klein) -> None:
 
 def _size_param(name: str) -> dict[str, Any]:
     return openapi.int_param(
-        name, f"Image {name} in pixels (1 to {media.MAX_SIZE}; above the limit is 413).",
-        1, media.MAX_SIZE, default=media.DEFAULT_SIZE)
+        name, f"Image {name} in pixels (1 to {rendering.MAX_SIZE}; above the limit is 413).",
+        1, rendering.MAX_SIZE, default=rendering.DEFAULT_SIZE)
 
 
 def _errors(bad: str, too_large: str, unavailable: str) -> dict[str, Any]:
@@ -297,21 +296,21 @@ _EVENT_SCHEMA: dict[str, Any] = {
 
 def _paths(ctx: openapi.OpenAPIContext) -> dict[str, Any]:
     png = {"image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}}}
-    too_big = f"width or height above {media.MAX_SIZE} pixels."
+    too_big = f"width or height above {rendering.MAX_SIZE} pixels."
     no_store = {"Cache-Control": openapi.RNG_HEADERS["Cache-Control"]}
     return {
         "/v1/image/random": {"get": {
             "summary": "A PNG image of random bytes from the CTR_DRBG.",
             "description": (
-                f"width x height pixels (1 to {media.MAX_SIZE} each, default "
-                f"{media.DEFAULT_SIZE}). Modes: rgb (24-bit colour), gray (8-bit grey), "
+                f"width x height pixels (1 to {rendering.MAX_SIZE} each, default "
+                f"{rendering.DEFAULT_SIZE}). Modes: rgb (24-bit colour), gray (8-bit grey), "
                 "bits (each random bit a black or white pixel)."),
             "operationId": "getRandomImage",
             "parameters": [
                 _size_param("width"), _size_param("height"),
                 {"name": "mode", "in": "query", "required": False,
                  "description": "rgb (default), gray or bits.",
-                 "schema": {"type": "string", "enum": list(media.MODES), "default": "rgb"}},
+                 "schema": {"type": "string", "enum": list(rendering.MODES), "default": "rgb"}},
             ],
             "responses": {
                 "200": {"description": "The PNG image.", "headers": openapi.RNG_HEADERS,
@@ -326,7 +325,7 @@ def _paths(ctx: openapi.OpenAPIContext) -> dict[str, Any]:
             "description": (
                 "Diagnostic only, not random output: raw samples of the entropy source, taken "
                 "BEFORE the CTR_DRBG (and never used as seed afterwards), drawn as a grid of "
-                f"at most {media.HEATMAP_MAX_SAMPLES} cells, each coloured by the bit "
+                f"at most {rendering.HEATMAP_MAX_SAMPLES} cells, each coloured by the bit "
                 "population count (0..8) of one sample: dark for 0, orange for 4 (a fair "
                 "source's average), white for 8. A healthy source looks like even confetti, a "
                 "stuck one is a single colour, a biased one leans dark or bright. While the "
@@ -353,24 +352,24 @@ def _paths(ctx: openapi.OpenAPIContext) -> dict[str, Any]:
         "/v1/sound/noise": {"get": {
             "summary": "A 16-bit mono WAV of noise shaped from CTR_DRBG output.",
             "description": (
-                f"seconds (0 < S <= {media.MAX_SECONDS:g}, default {media.DEFAULT_SECONDS:g}) "
-                f"of noise at rate Hz ({', '.join(map(str, media.RATES))}; default "
-                f"{media.DEFAULT_RATE}). Colours: white (flat), pink (-3 dB/octave), brown "
+                f"seconds (0 < S <= {rendering.MAX_SECONDS:g}, default {rendering.DEFAULT_SECONDS:g}) "
+                f"of noise at rate Hz ({', '.join(map(str, rendering.RATES))}; default "
+                f"{rendering.DEFAULT_RATE}). Colours: white (flat), pink (-3 dB/octave), brown "
                 "(-6 dB/octave); each normalised to a -1 dBFS peak without clipping."),
             "operationId": "getNoise",
             "parameters": [
                 {"name": "seconds", "in": "query", "required": False,
-                 "description": f"Length in seconds, 0 < S <= {media.MAX_SECONDS:g} "
+                 "description": f"Length in seconds, 0 < S <= {rendering.MAX_SECONDS:g} "
                                 "(above the limit is 413).",
                  "schema": {"type": "number", "exclusiveMinimum": 0,
-                            "maximum": media.MAX_SECONDS, "default": media.DEFAULT_SECONDS}},
+                            "maximum": rendering.MAX_SECONDS, "default": rendering.DEFAULT_SECONDS}},
                 {"name": "rate", "in": "query", "required": False,
                  "description": "Sample rate in Hz.",
-                 "schema": {"type": "integer", "enum": list(media.RATES),
-                            "default": media.DEFAULT_RATE}},
+                 "schema": {"type": "integer", "enum": list(rendering.RATES),
+                            "default": rendering.DEFAULT_RATE}},
                 {"name": "color", "in": "query", "required": False,
                  "description": "white (default), pink or brown.",
-                 "schema": {"type": "string", "enum": list(media.COLORS), "default": "white"}},
+                 "schema": {"type": "string", "enum": list(rendering.COLORS), "default": "white"}},
             ],
             "responses": {
                 "200": {"description": "The WAV file.", "headers": openapi.RNG_HEADERS,
@@ -378,7 +377,7 @@ def _paths(ctx: openapi.OpenAPIContext) -> dict[str, Any]:
                             "type": "string", "contentMediaType": "audio/wav"}}}},
                 **_errors("seconds not a number or not above 0, an unsupported rate, or an "
                           "unknown color.",
-                          f"seconds above {media.MAX_SECONDS:g}.",
+                          f"seconds above {rendering.MAX_SECONDS:g}.",
                           "The entropy core fails closed (health failure or no seed); retry later."),
             },
         }},

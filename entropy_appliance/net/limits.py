@@ -58,7 +58,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import alsoProvides, implementer
 
-from entropy_appliance.web.errors import Problem, write_problem
+from entropy_appliance.web.problems import Problem, write_problem
 
 __all__ = [
     "PeerPolicy",

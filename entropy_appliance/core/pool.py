@@ -60,8 +60,8 @@ from twisted.internet.interfaces import IConsumer, IProducer, IPullProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from entropy_appliance.drbg import CtrDrbg
-from entropy_appliance.health import HealthTests
+from entropy_appliance.core.drbg import CtrDrbg
+from entropy_appliance.core.health import HealthTests
 
 #: The longest wait, in seconds, before a failed source is tested again.
 MAX_BACKOFF = 60.0

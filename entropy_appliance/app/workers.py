@@ -44,7 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from entropy_appliance.pool import PoolShort
+from entropy_appliance.core.pool import PoolShort
 
 __all__ = [
     "InheritedPort", "encode_ports", "parse_ports", "HeldPort", "AdoptedPort",

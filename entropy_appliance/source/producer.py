@@ -8,7 +8,7 @@ the consumer, the seed pool.  At most one read is in flight, so the device is
 read no faster than the pool asks, and memory stays bounded by one chunk plus
 the pool's high-water mark.
 
-Any :class:`~entropy_appliance.sources.SourceError` (EOF, EAGAIN, EIO, a
+Any :class:`~entropy_appliance.source.sources.SourceError` (EOF, EAGAIN, EIO, a
 device that disappeared) puts the producer in a failed state: the consumer is
 told once, and the read is retried with exponential backoff until it works
 again.
@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from entropy_appliance.sources import Source, SourceError
+from entropy_appliance.source.sources import Source, SourceError
 
 __all__ = ["SourceProducer", "ReaderThread", "ISeedConsumer"]
 

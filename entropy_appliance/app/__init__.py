@@ -1,0 +1,1 @@
+"""The composition: options, the service tree per role, workers, signals and systemd."""

@@ -1,0 +1,1 @@
+"""Network adapters: the raw stream, per-connection limits and TLS."""

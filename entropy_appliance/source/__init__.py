@@ -1,0 +1,1 @@
+"""Entropy sources and the pull producer that reads them off the reactor thread."""
