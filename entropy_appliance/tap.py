@@ -592,7 +592,8 @@ def makeService(options: Options) -> IService:
         # Keep this the last child: it starts after every listener listens
         # (READY=1) and stops first (STOPPING=1).  Without $NOTIFY_SOCKET it is silent.
         from entropy_appliance.app.systemd import NotifyService
+        from entropy_appliance.net.waiting import when_ready
 
-        NotifyService(pool.status, reactor, ready=pool.when_ready).setServiceParent(top)
+        NotifyService(pool.status, reactor, ready=lambda: when_ready(pool)).setServiceParent(top)
 
     return top

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IConsumer, IPullProducer
+from twisted.internet.interfaces import IPullProducer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from entropy_appliance.core.health import HealthTests
 from entropy_appliance.core.pool import FailClosed, PoolShort, PoolState, ReseedPolicy, SeedPool, Starved
+from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.source.producer import SourceProducer
 from entropy_appliance.source.sources import DeviceSource, SourceError
 
@@ -72,8 +73,21 @@ def pipeline(
 
 def test_interfaces() -> None:
     pool, producer, _ = pipeline(FakeSource())
-    assert verifyObject(IConsumer, pool)
     assert verifyObject(IPullProducer, producer)
+    # The pool is pure: it takes a pull producer by its IConsumer method names.
+    with pytest.raises(ValueError):
+        SeedPool(Clock(), HealthTests(8.0), ReseedPolicy()).registerProducer(producer, True)
+
+
+def test_core_imports_nothing_of_twisted_internet() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, entropy_appliance.core.pool, entropy_appliance.core.health, "
+            "entropy_appliance.core.drbg, entropy_appliance.core.backoff; "
+            "print(sorted(m for m in sys.modules if m.startswith('twisted.internet')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_healthy_pipeline_serves_drbg_output() -> None:
@@ -428,7 +442,7 @@ def test_due_reseed_without_seed_is_starved_and_waiters_resume() -> None:
         pool.random_bytes(64)
     assert pool.state is PoolState.STARVED
     assert pool.status()["healthy"] is False
-    waited = pool.when_ready(64)
+    waited = when_ready(pool, 64)
     got: list[object] = []
     waited.addBoth(got.append)
     clock.advance(2.5)
@@ -451,7 +465,7 @@ def test_source_failure_fails_waiters_and_tells_watchers() -> None:
     clock.advance(1.0)
     told: list[FailClosed] = []
     pool.on_failure(told.append)
-    waited = pool.when_ready()
+    waited = when_ready(pool)
     outcome: list[object] = []
     waited.addErrback(lambda f: outcome.append(f.value))
     source.make = stuck
@@ -461,7 +475,7 @@ def test_source_failure_fails_waiters_and_tells_watchers() -> None:
     assert not isinstance(outcome[0], Starved)
     assert len(told) == 1
     late: list[object] = []
-    pool.when_ready().addErrback(lambda f: late.append(f.value))
+    when_ready(pool).addErrback(lambda f: late.append(f.value))
     assert len(late) == 1 and isinstance(late[0], FailClosed)  # already failed: at once
 
 
@@ -470,7 +484,7 @@ def test_cancelled_wait_is_withdrawn() -> None:
     seed_fully(pool, held)
     pool._buffer.clear()
     clock.advance(1.0)
-    waited = pool.when_ready()
+    waited = when_ready(pool)
     waited.addErrback(lambda f: None)
     waited.cancel()
     assert pool._waiters == []
@@ -499,7 +513,7 @@ def test_request_short_of_its_reseeds_is_refused_before_any_output() -> None:
     assert pool.status()["drbg"]["bytes_generated"] == generated
     # The refusal asks the reader for what the request needs.
     assert pool.target() >= 3 * pool.reseed_samples
-    waited = pool.when_ready(3 * 4096 + 1)
+    waited = when_ready(pool, 3 * 4096 + 1)
     fired: list[object] = []
     waited.addCallback(fired.append)
     held.deliver(3)

@@ -32,6 +32,7 @@ from entropy_appliance import client
 from entropy_appliance.app.systemd import NotifyService, sd_notify, status_line
 from entropy_appliance.core.health import HealthTests
 from entropy_appliance.core.pool import ReseedPolicy, SeedPool
+from entropy_appliance.net.waiting import when_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "contrib" / "systemd"
@@ -213,7 +214,7 @@ def test_notify_service_ready_only_once_seeded() -> None:
     pool = _pool(clock)
     sent: list[str] = []
     svc = NotifyService(pool.status, clock, notify=sent.append, interval=10.0,  # type: ignore[arg-type]
-                        ready=pool.when_ready)
+                        ready=lambda: when_ready(pool))
     assert verifyObject(IService, svc)
     svc.startService()
     assert sent == []  # listening, but nothing to serve yet: not READY
@@ -238,7 +239,7 @@ def test_notify_service_waits_out_a_source_that_fails_before_the_first_seed() ->
     pool = _pool(clock)
     sent: list[str] = []
     svc = NotifyService(pool.status, clock, notify=sent.append, interval=10.0,  # type: ignore[arg-type]
-                        ready=pool.when_ready)
+                        ready=lambda: when_ready(pool))
     svc.startService()
     pool.source_failed("EIO")
     clock.advance(5)

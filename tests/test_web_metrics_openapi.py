@@ -6,6 +6,7 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.web import openapi
 from tests.web_helpers import call, header, make_web
 
@@ -84,7 +85,7 @@ def test_metrics_tell_starved_from_failed() -> None:
     pool._buffer.clear()
     clock.advance(1.0)
     pool.ready()  # a request finds it short
-    pool.when_ready().addErrback(lambda _: None)
+    when_ready(pool).addErrback(lambda _: None)
     clock.advance(2.0)
     _, stub = make_web(pool, clock=clock)
     m = samples(call(stub, "GET", "http://a/metrics")[1])

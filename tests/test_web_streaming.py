@@ -61,8 +61,8 @@ class CountingPool:
     def on_failure(self, callback: Any) -> Any:
         return self.pool.on_failure(callback)
 
-    def when_ready(self, n: int = 0) -> Any:
-        return self.pool.when_ready(n)
+    def wait(self, n: int, ready: Any, failed: Any) -> Any:
+        return self.pool.wait(n, ready, failed)
 
 
 def test_is_a_push_producer() -> None:

@@ -27,7 +27,8 @@ The policy, in one place:
     for a reseed that is due (or for the first instantiation).  This is
     backpressure: :meth:`random_bytes` raises :class:`Starved` (a
     :class:`FailClosed`, so a caller that does not wait still refuses), and
-    :meth:`when_ready` gives a Deferred that fires after the next reseed.
+    :meth:`wait` calls back once enough seed has arrived
+    (:func:`entropy_appliance.net.waiting.when_ready` makes a Deferred of it).
 
 - No byte ever leaves an overdue DRBG: a request that would cross a
   ``reseed_bytes`` boundary is split there and reseeded in between, and it is
@@ -40,7 +41,8 @@ The policy, in one place:
 - A fork is detected by a changed pid; the child reseeds before its first
   output, or fails closed.
 
-Everything here is synchronous and takes its clock as a parameter.
+Everything here is synchronous, imports nothing of ``twisted.internet``, and
+takes its clock, pid and personalization as parameters.
 """
 
 from __future__ import annotations
@@ -53,13 +55,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IProducer, IPullProducer
 from twisted.logger import Logger
-from zope.interface import implementer
 
+from entropy_appliance.core.backoff import Backoff
 from entropy_appliance.core.drbg import CtrDrbg
 from entropy_appliance.core.health import HealthTests
 
@@ -110,7 +110,7 @@ class FailClosed(Exception):
 class Starved(FailClosed):
     """
     The source is healthy but seed is short for a reseed that is due: wait
-    (:meth:`SeedPool.when_ready`) rather than give up.  It is a
+    (:meth:`SeedPool.wait`) rather than give up.  It is a
     :class:`FailClosed`, so a caller that cannot wait still refuses.
     """
 
@@ -124,6 +124,17 @@ class PoolState(StrEnum):
     STARVED = "starved"
     #: The source failed its health tests or cannot be read: fail closed.
     FAILED = "failed"
+
+
+@dataclass(eq=False)
+class _Waiter:
+    n: int
+    ready: Callable[[], object]
+    failed: Callable[[FailClosed], object]
+
+
+def _nothing() -> None:
+    """Withdraw a wait that is already over."""
 
 
 class PoolShort(Exception):
@@ -173,15 +184,20 @@ def samples_for_bits(bits: int, min_entropy: float) -> int:
     return math.ceil(bits / min_entropy)
 
 
-@implementer(IConsumer)
+class IPull(Protocol):
+    """What the pool needs of its source reader: one more read, please."""
+
+    def resumeProducing(self) -> None: ...
+
+
 class SeedPool:
     """
     Health-tests raw source bytes, buffers approved samples up to a
     read-ahead target, and owns the CTR_DRBG.
 
-    It is the consumer of an :class:`IPullProducer` (the source reader): it
-    asks for more only while it is below its target, and tells the reader
-    how much it wants (:meth:`read_size`).
+    It is the consumer of a pull producer (the source reader, with the
+    ``IConsumer`` method names): it asks for more only while it is below its
+    target, and tells the reader how much it wants (:meth:`read_size`).
     """
 
     log = Logger()
@@ -197,6 +213,7 @@ class SeedPool:
         getpid: Callable[[], int] = os.getpid,
         serving: bool = True,
         max_buffer: int = MAX_BUFFER,
+        personalization: Callable[[], bytes] | None = None,
     ) -> None:
         self._clock = clock
         self._health = health
@@ -214,6 +231,7 @@ class SeedPool:
             raise ValueError("high-water mark is below one instantiation's seed")
         self.max_buffer = max(max_buffer, self.high_water)
         self._getpid = getpid
+        self._personalization = personalization or self._default_personalization
         #: False in a parent that only relays seed material to workers: it
         #: never instantiates a DRBG of its own.
         self.serving = serving
@@ -222,11 +240,11 @@ class SeedPool:
         self._drbg: CtrDrbg | None = None
         self._last_reseed: float | None = None
         self._bytes_since_reseed = 0
-        self._producer: IPullProducer | None = None
+        self._producer: IPull | None = None
         self._pulling = False
         self._source_state = "starting"
         self._health_retry_at: float | None = None
-        self._health_backoff = 1.0
+        self._health_backoff = Backoff(1.0, MAX_BACKOFF)
         self._source_error: str | None = None
         #: Why the pool fails closed (the source failed), or None.
         self._failure: str | None = None
@@ -239,20 +257,20 @@ class SeedPool:
         self._drawn = 0
         self._demand_at = clock.seconds()
         self._demand = 0.0
-        #: Who waits for how many bytes.
-        self._waiters: list[tuple[int, Deferred[None]]] = []
+        #: Who waits for how many bytes: (n, ready, failed).
+        self._waiters: list[_Waiter] = []
         self._failure_callbacks: set[Callable[[FailClosed], object]] = set()
         self.counters = _Counters()
 
     # -- IConsumer: the producer side ---------------------------------------
 
-    def registerProducer(self, producer: IProducer, streaming: bool) -> None:
+    def registerProducer(self, producer: IPull, streaming: bool) -> None:
         """Attach the source reader; only pull producers are accepted."""
-        if streaming or not IPullProducer.providedBy(producer):
+        if streaming or not callable(getattr(producer, "resumeProducing", None)):
             raise ValueError("the seed pool takes a pull producer")
         if self._producer is not None:
             raise RuntimeError("a producer is already registered")
-        self._producer = cast(IPullProducer, producer)
+        self._producer = producer
         self._pull()
 
     def unregisterProducer(self) -> None:
@@ -290,9 +308,8 @@ class SeedPool:
             self.log.error(
                 "entropy source {name} failed its health tests ({test}); "
                 "retrying in {delay:.0f} s", name=self.source_name,
-                test=self._health.last_failure, delay=self._health_backoff)
-            self._health_retry_at = now + self._health_backoff
-            self._health_backoff = min(self._health_backoff * 2, MAX_BACKOFF)
+                test=self._health.last_failure, delay=self._health_backoff.delay)
+            self._health_retry_at = now + self._health_backoff.next()
         self._fail(f"source failed its health tests ({self._health.last_failure})")
 
     def _maybe_retry_health(self, now: float) -> None:
@@ -333,8 +350,8 @@ class SeedPool:
             self._end_starvation(self._clock.seconds())
         error = FailClosed(reason, self.retry_after())
         waiters, self._waiters = self._waiters, []
-        for _, d in waiters:
-            d.errback(error)
+        for waiter in waiters:
+            waiter.failed(error)
         for callback in list(self._failure_callbacks):
             callback(error)
 
@@ -376,9 +393,10 @@ class SeedPool:
         self._drawn += n
         return out
 
-    def _personalization(self) -> bytes:
+    @staticmethod
+    def _default_personalization() -> bytes:
         return b"entropy-appliance|" + socket.gethostname().encode() + struct.pack(
-            ">qd", self._getpid(), time.time()
+            ">qd", os.getpid(), time.time()
         )
 
     def _try_reseed(self, now: float) -> bool:
@@ -407,7 +425,7 @@ class SeedPool:
         self._last_reseed = now
         self._bytes_since_reseed = 0
         self.counters.reseeds += 1
-        self._health_backoff = 1.0
+        self._health_backoff.reset()
         if self._failure is not None:
             self.log.info("serving random bytes again (was: {why})", why=self._failure)
             self._failure = None
@@ -438,12 +456,12 @@ class SeedPool:
                 self._try_reseed(now)
             self._end_starvation(now)
             self._wanted = 0
-        for entry in list(self._waiters):
+        for waiter in list(self._waiters):
             if self._failure is not None:
                 return
-            if entry in self._waiters and len(self._buffer) >= self._seed_needed(entry[0], now):
-                self._waiters.remove(entry)
-                entry[1].callback(None)
+            if waiter in self._waiters and len(self._buffer) >= self._seed_needed(waiter.n, now):
+                self._waiters.remove(waiter)
+                waiter.ready()
         self._pull()
 
     def _starve(self, now: float, wanted: int) -> None:
@@ -538,31 +556,32 @@ class SeedPool:
             return False
         return True
 
-    def when_ready(self, n: int = 0) -> Deferred[None]:
+    def wait(self, n: int, ready: Callable[[], object],
+             failed: Callable[[FailClosed], object]) -> Callable[[], None]:
         """
-        A Deferred that fires when ``random_bytes(n)`` can be served: at
-        once if it can now, else as soon as enough seed has arrived.  It
-        fails with :class:`FailClosed` if the source fails first.
-        Cancelling it withdraws the wait.
+        Call ``ready()`` once ``random_bytes(n)`` can be served (at once if
+        it can now), or ``failed(error)`` if the source fails first.
+        Returns the function that withdraws the wait.
         """
         try:
             self._check(n, self._clock.seconds())
         except Starved:
             pass
         except FailClosed as e:
-            return fail(e)
+            failed(e)
+            return _nothing
         else:
-            return succeed(None)
+            ready()
+            return _nothing
         self.counters.starved_waits += 1
-        entry: tuple[int, Deferred[None]]
+        waiter = _Waiter(n, ready, failed)
+        self._waiters.append(waiter)
 
-        def withdraw(_: Deferred[None]) -> None:
-            if entry in self._waiters:
-                self._waiters.remove(entry)
+        def withdraw() -> None:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
-        entry = (n, Deferred(withdraw))
-        self._waiters.append(entry)
-        return entry[1]
+        return withdraw
 
     def on_failure(self, callback: Callable[[FailClosed], object]) -> Callable[[], None]:
         """

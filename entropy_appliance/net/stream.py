@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from entropy_appliance.core.pool import FailClosed, SeedPool, Starved
+from entropy_appliance.net.waiting import when_ready
 
 __all__ = ["StreamProtocol", "StreamFactory", "CHUNK_SIZE", "MAX_CLIENT_INPUT"]
 
@@ -68,7 +69,7 @@ class StreamProtocol(Protocol):
         except Starved:
             # Nothing is written, so the transport will not ask again: the
             # pool's wait does, once it has reseeded.
-            self._waiting = self._pool.when_ready(self._chunk_size)
+            self._waiting = when_ready(self._pool, self._chunk_size)
             self._waiting.addCallbacks(self._seeded, self._failed)
             return
         except FailClosed as e:

@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from entropy_appliance.core.backoff import Backoff
 from entropy_appliance.source.sources import Source, SourceError
 
 __all__ = ["SourceProducer", "ReaderThread", "ISeedConsumer"]
@@ -128,9 +129,7 @@ class SourceProducer:
         self._clock = clock
         self.chunk_size = chunk_size
         self.max_chunk = max(chunk_size, max_chunk)
-        self._backoff0 = backoff
-        self._backoff = backoff
-        self._max_backoff = max_backoff
+        self._backoff = Backoff(backoff, max_backoff)
         self._reading = False
         self._stopped = False
         self._failed = False
@@ -164,7 +163,7 @@ class SourceProducer:
             return
         if self._failed:
             self._failed = False
-            self._backoff = self._backoff0
+            self._backoff.reset()
             self._consumer.source_recovered()
         self._consumer.write(data)
 
@@ -178,8 +177,7 @@ class SourceProducer:
         self._failed = True
         # The consumer counts every error and logs only the first.
         self._consumer.source_failed(str(failure.value))
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self._max_backoff)
+        delay = self._backoff.next()
         self._retry = self._clock.callLater(delay, self._try_again)
 
     def _try_again(self) -> None:

@@ -43,6 +43,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from entropy_appliance import __version__
 from entropy_appliance.core.pool import FailClosed, PoolState, SeedPool
+from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.web import openapi, problems
 from entropy_appliance.web.fastpath import FastRoutes, fast_channel_protocol
 from entropy_appliance.web.formats import DEFAULT_FORMAT, FORMATS, Format
@@ -243,7 +244,7 @@ class FrontResource(Resource):
         return self._render_now(request)
 
     def _render_when_seeded(self, request: Request, pool: SeedPool, clock: IReactorTime) -> Any:
-        waiting = pool.when_ready()
+        waiting = when_ready(pool)
         waiting.addTimeout(self._seed_wait, clock)
         gone: list[bool] = []
 

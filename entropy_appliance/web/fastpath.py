@@ -48,6 +48,7 @@ from twisted.web.server import version as SERVER_VERSION
 from zope.interface import implementer
 
 from entropy_appliance.core.pool import FailClosed, IClock, SeedPool, Starved
+from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.web.pollen import MAX_CHALLENGE, POLLEN_BYTES, TEXT_PLAIN, pollen_reply
 from entropy_appliance.web.problems import PROBLEM_JSON, ServiceUnavailable, URITooLong, problem_body
 
@@ -197,8 +198,8 @@ class FastRoutes:
         return self._pool.random_bytes(n, surface="http")
 
     def wait(self, n: int) -> Deferred[None]:
-        """Fires when ``n`` more bytes can be served (see :meth:`SeedPool.when_ready`)."""
-        return self._pool.when_ready(n)
+        """Fires when ``n`` more bytes can be served (see :func:`when_ready`)."""
+        return when_ready(self._pool, n)
 
     def on_failure(self, callback: Callable[[FailClosed], object]) -> Callable[[], None]:
         """Call ``callback`` if the source fails; returns the remover."""

@@ -30,6 +30,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from entropy_appliance.core.pool import FailClosed, SeedPool, Starved
+from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.web.formats import Format
 
 __all__ = ["STREAM_THRESHOLD", "CHUNK_SIZE", "RandomBodyProducer", "stream_random", "abort_request"]
@@ -117,7 +118,7 @@ class RandomBodyProducer:
             try:
                 raw = self._pool.random_bytes(size, surface=self._surface)
             except Starved:
-                self._waiting = self._pool.when_ready(size)
+                self._waiting = when_ready(self._pool, size)
                 self._waiting.addCallbacks(self._seeded, self._wait_failed)
                 return
             except FailClosed as e:
