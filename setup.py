@@ -9,7 +9,8 @@ setup(
     long_description=open("README.rst", encoding="utf-8").read(),
     long_description_content_type="text/x-rst",
     python_requires=">=3.11",
-    packages=find_packages(include=["entropy_appliance", "entropy_appliance.*"]) + ["twisted.plugins"],
+    packages=find_packages(include=["entropy_appliance", "entropy_appliance.*", "entropy_fetch"])
+    + ["twisted.plugins"],
     package_data={
         "twisted": ["plugins/entropy_plugin.py"],
         "entropy_appliance.web": ["static/*"],
@@ -40,7 +41,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "entropy-fetch = entropy_appliance.client:main",
+            "entropy-fetch = entropy_fetch.cli:main",
         ],
     },
     zip_safe=False,

@@ -1,8 +1,9 @@
 """
 Tests for ``entropy-fetch`` against loopback servers started in the test:
 a raw byte stream, HTTP and HTTPS (certificates made with cryptography), a
-pollen server and a SOCKS5 proxy; plus one end-to-end run against the real
-appliance under twistd.
+pollen server and a SOCKS5 proxy; ``python -m entropy_fetch`` run with the
+server package hidden; plus one end-to-end run against the real appliance
+under twistd.
 """
 
 from __future__ import annotations
@@ -34,19 +35,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from entropy_appliance.client import (
-    EXIT_FAILURE,
-    EXIT_SHORT,
-    EXIT_USAGE,
-    EXIT_VERIFY,
-    RNDADDENTROPY,
-    Encoder,
-    Progress,
-    main,
-    parse_fingerprint,
-    parse_target,
-    seed_kernel,
-)
+from entropy_fetch.cli import main
+from entropy_fetch.errors import EXIT_FAILURE, EXIT_SHORT, EXIT_USAGE, EXIT_VERIFY
+from entropy_fetch.output import Encoder, Progress
+from entropy_fetch.seed import RNDADDENTROPY, seed_kernel
+from entropy_fetch.target import parse_target
+from entropy_fetch.tls import parse_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -570,7 +564,6 @@ def test_seed_kernel_credit_uses_rndaddentropy(tmp_path: Path) -> None:
     assert b"".join(c[2][8:] for c in calls) == data
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="--credit is refused without root; covered above")
 def test_seed_kernel_credit_from_the_command_line(servers: list[Any], tmp_path: Path) -> None:
     data = os.urandom(64)
     s = stream_server(servers, payload=data)
@@ -578,10 +571,21 @@ def test_seed_kernel_credit_from_the_command_line(servers: list[Any], tmp_path: 
     device.write_bytes(b"")
     calls: list[bytes] = []
     r = fetch("--seed-kernel", "--credit", "--device", str(device), f"tcp://127.0.0.1:{s.port}",
-              ioctl=lambda fd, req, arg: calls.append(arg))
+              ioctl=lambda fd, req, arg: calls.append(arg), geteuid=lambda: 0)
     assert r.code == 0, r.err
     assert calls == [struct.pack("ii", 256, 64) + data]
     assert "credited 256 bits" in r.err
+
+
+def test_credit_without_root_is_refused_before_fetching(servers: list[Any], tmp_path: Path) -> None:
+    seen: list[str] = []
+    proxy = socks_server(servers, {}, seen)
+    calls: list[bytes] = []
+    r = fetch("--seed-kernel", "--credit", "--socks", f"127.0.0.1:{proxy.port}", f"tcp://{ONION}",
+              ioctl=lambda fd, req, arg: calls.append(arg), geteuid=lambda: 1000)
+    assert r.code == EXIT_USAGE
+    assert "--credit (RNDADDENTROPY) needs root" in r.err
+    assert calls == [] and seen == []
 
 
 # -- SOCKS5 ----------------------------------------------------------------------
@@ -639,6 +643,24 @@ def test_progress_only_on_a_terminal(servers: list[Any]) -> None:
     assert r.code == 0 and r.err == ""
 
 
+# -- the command as a program ---------------------------------------------------
+
+
+def test_module_runs_without_the_server_package(servers: list[Any]) -> None:
+    """``python -m entropy_fetch`` works where ``entropy_appliance`` cannot be imported at all."""
+    data = os.urandom(48)
+    s = stream_server(servers, payload=data)
+    # A None entry in sys.modules makes every import of that name fail.
+    script = ("import runpy, sys; sys.modules['entropy_appliance'] = None; "
+              "sys.argv[0] = 'entropy-fetch'; runpy.run_module('entropy_fetch', run_name='__main__')")
+    done = subprocess.run(
+        [sys.executable, "-c", script, "--bytes", "48", "--format", "hex", f"tcp://127.0.0.1:{s.port}"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == data.hex().encode() + b"\n"
+    assert done.stderr == b""
+
+
 # -- end to end against the appliance --------------------------------------------
 
 
@@ -674,7 +696,7 @@ def test_end_to_end_with_the_real_appliance(tmp_path: Path) -> None:
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
     def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "entropy_appliance.client", *args],
+        return subprocess.run([sys.executable, "-m", "entropy_fetch", *args],
                               env=env, capture_output=True, timeout=120)
 
     try:

@@ -28,11 +28,12 @@ from twisted.application.service import IService
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from entropy_appliance import client
 from entropy_appliance.app.systemd import NotifyService, sd_notify, status_line
 from entropy_appliance.core.health import HealthTests
 from entropy_appliance.core.pool import ReseedPolicy, SeedPool
+from entropy_appliance.core.status import PoolStatus
 from entropy_appliance.net.waiting import when_ready
+from entropy_fetch.cli import main as fetch_main
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "contrib" / "systemd"
@@ -91,7 +92,7 @@ def free_port() -> int:
 
 def fetch(*args: str) -> tuple[int, bytes, str]:
     out, err = io.BytesIO(), io.StringIO()
-    code = client.main(list(args), stdout=out, stderr=err)
+    code = fetch_main(list(args), stdout=out, stderr=err)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -213,32 +214,36 @@ def test_notify_service_ready_only_once_seeded() -> None:
     clock = Clock()
     pool = _pool(clock)
     sent: list[str] = []
-    svc = NotifyService(pool.status, clock, notify=sent.append, interval=10.0,  # type: ignore[arg-type]
+    svc = NotifyService(pool.status, clock, notify=sent.append, interval=10.0,
                         ready=lambda: when_ready(pool))
     assert verifyObject(IService, svc)
     svc.startService()
-    assert sent == []  # listening, but nothing to serve yet: not READY
+    # Listening, but nothing to serve yet: not READY, and the status says why.
+    assert len(sent) == 1
+    assert sent[0].startswith("STATUS=STARVED for 0.0 s, waiting for seed (waiting for the first seed); "
+                              "source kernel (kernel) starting")
     for _ in range(4):
         pool.write(os.urandom(4096))
-    assert sent[0].splitlines()[0] == "READY=1"
-    assert sent[0].splitlines()[1].startswith("STATUS=serving; source kernel (kernel) ok")
+    assert sent[1].splitlines()[0] == "READY=1"
+    assert sent[1].splitlines()[1].startswith("STATUS=serving; source kernel (kernel) ok")
     clock.advance(9.9)
-    assert len(sent) == 1
+    assert len(sent) == 2
     clock.advance(0.1)
-    assert sent[1].startswith("STATUS=serving; source kernel (kernel) ok")
+    assert sent[2].startswith("STATUS=serving; source kernel (kernel) ok")
     clock.advance(10)
-    assert len(sent) == 3
+    assert len(sent) == 4
     svc.stopService()
     assert sent[-1].splitlines() == ["STOPPING=1", "STATUS=stopping"]
     clock.advance(100)
-    assert len(sent) == 4
+    assert len(sent) == 5
+    assert [m for m in sent if m.startswith("READY=1")] == [sent[1]]
 
 
 def test_notify_service_waits_out_a_source_that_fails_before_the_first_seed() -> None:
     clock = Clock()
     pool = _pool(clock)
     sent: list[str] = []
-    svc = NotifyService(pool.status, clock, notify=sent.append, interval=10.0,  # type: ignore[arg-type]
+    svc = NotifyService(pool.status, clock, notify=sent.append, interval=10.0,
                         ready=lambda: when_ready(pool))
     svc.startService()
     pool.source_failed("EIO")
@@ -256,13 +261,14 @@ def test_notify_service_survives_a_broken_status() -> None:
     clock = Clock()
     sent: list[str] = []
 
-    def broken() -> dict[str, object]:
+    def broken() -> PoolStatus:
         raise RuntimeError("no pool")
 
-    svc = NotifyService(broken, clock, notify=sent.append)  # type: ignore[arg-type]
+    svc = NotifyService(broken, clock, notify=sent.append)
     svc.startService()
     clock.advance(10)
-    assert sent == ["READY=1\nSTATUS=status unavailable: no pool", "STATUS=status unavailable: no pool"]
+    unavailable = "STATUS=status unavailable: no pool"
+    assert sent == [unavailable, "READY=1\n" + unavailable, unavailable]
     svc.stopService()
 
 
