@@ -207,7 +207,7 @@ def test_random_image_route() -> None:
     assert header(resp, "X-RNG-Source") == web.pool.source_name
     image = decode_png(body)
     assert (image.size, image.mode) == ((64, 32), "L")
-    assert web.pool.status()["served"]["image"] == 64 * 32
+    assert web.pool.status().served["image"] == 64 * 32
 
 
 def test_random_image_defaults_and_bits() -> None:
@@ -244,7 +244,7 @@ def test_images_and_sounds_fail_closed() -> None:
 
 def test_heatmap_route_draws_raw_samples() -> None:
     web, stub = make_web()
-    before = web.pool.status()["pool"]["fill_bytes"]
+    before = web.pool.status().buffer.fill_bytes
     resp, body = call(stub, "GET", "http://appliance/v1/image/heatmap?width=64&height=64")
     assert resp.code == 200
     assert header(resp, "Content-Type") == "image/png"
@@ -253,7 +253,7 @@ def test_heatmap_route_draws_raw_samples() -> None:
     assert header(resp, "X-Raw-Samples") == str(cols * rows)
     assert decode_png(body).size == (64, 64)
     # The samples were consumed, so they will never seed the DRBG.
-    assert web.pool.status()["pool"]["fill_bytes"] == before - cols * rows
+    assert web.pool.status().buffer.fill_bytes == before - cols * rows
 
 
 def test_heatmap_is_503_when_the_pool_is_short() -> None:
@@ -286,7 +286,7 @@ def test_noise_route(color: str) -> None:
     assert header(resp, "Cache-Control") == "no-store"
     reader, samples = decode_wav(body)
     assert (reader.getframerate(), len(samples)) == (22050, 11025)
-    assert web.pool.status()["served"]["sound"] == rendering.noise_bytes_needed(0.5, 22050, color)
+    assert web.pool.status().served["sound"] == rendering.noise_bytes_needed(0.5, 22050, color)
 
 
 def test_noise_route_defaults() -> None:

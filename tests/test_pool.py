@@ -8,6 +8,7 @@ DRBG) deterministically.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from zope.interface.verify import verifyObject
 
 from entropy_appliance.core.health import HealthTests
 from entropy_appliance.core.pool import FailClosed, PoolShort, PoolState, ReseedPolicy, SeedPool, Starved
+from entropy_appliance.core.states import SourceState
 from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.source.producer import SourceProducer
 from entropy_appliance.source.sources import DeviceSource, SourceError
@@ -96,11 +98,11 @@ def test_healthy_pipeline_serves_drbg_output() -> None:
     assert len(out) == 1000
     assert out != pool.random_bytes(1000)
     st = pool.status()
-    assert st["healthy"] is True
-    assert st["source"]["state"] == "ok"
-    assert st["drbg"]["reseeds"] == 1
-    assert st["served"] == {"test": 1000}
-    assert st["drbg"]["bytes_generated"] == 2000
+    assert st.healthy is True
+    assert st.source.state is SourceState.OK
+    assert st.drbg.reseeds == 1
+    assert st.served == {"test": 1000}
+    assert st.drbg.bytes_generated == 2000
 
 
 def test_pool_pulls_only_to_high_water() -> None:
@@ -112,21 +114,21 @@ def test_pool_pulls_only_to_high_water() -> None:
     reads = source.reads
     pool.nudge()
     assert source.reads == reads
-    assert pool.status()["pool"]["fill_bytes"] <= 8192
+    assert pool.status().buffer.fill_bytes <= 8192
 
 
 def test_reseeds_on_interval_and_on_bytes() -> None:
     pool, _, clock = pipeline(FakeSource(), interval=2.0, max_bytes=10_000)
     pool.random_bytes(10)
-    assert pool.status()["drbg"]["reseeds"] == 1
+    assert pool.status().drbg.reseeds == 1
     clock.advance(2.0)
     pool.random_bytes(10)
-    assert pool.status()["drbg"]["reseeds"] == 2
+    assert pool.status().drbg.reseeds == 2
     pool.random_bytes(10_000)
     pool.random_bytes(1)
-    assert pool.status()["drbg"]["reseeds"] == 3
+    assert pool.status().drbg.reseeds == 3
     clock.advance(0.5)
-    assert pool.status()["drbg"]["reseed_age_seconds"] == pytest.approx(0.5)
+    assert pool.status().drbg.reseed_age_seconds == pytest.approx(0.5)
 
 
 def test_not_seeded_means_starved_not_failed() -> None:
@@ -137,7 +139,7 @@ def test_not_seeded_means_starved_not_failed() -> None:
     assert "first seed" in e.value.reason
     assert e.value.retry_after >= 1
     assert pool.state is PoolState.STARVED
-    assert pool.status()["state"] == "starved"
+    assert pool.status().state is PoolState.STARVED
 
 
 def stuck(n: int) -> bytes:
@@ -158,7 +160,7 @@ def biased(n: int) -> bytes:
 def drain_until_failure(pool: SeedPool, test: str) -> None:
     """Consume buffered samples so that the producer reads fresh (faulty) ones."""
     for _ in range(1000):
-        if pool.status()["source"]["health_failures"].get(test):
+        if pool.status().source.health_failures.get(test):
             return
         try:
             pool.take_raw(512)
@@ -177,21 +179,21 @@ def test_health_fault_fails_closed_at_once(
     source.make = fault
     drain_until_failure(pool, test)
     st = pool.status()
-    assert st["source"]["health_failures"][test] >= 1
-    assert st["pool"]["fill_bytes"] == 0
+    assert st.source.health_failures[test] >= 1
+    assert st.buffer.fill_bytes == 0
     # Failed, not starved: no byte leaves from this moment, reseed due or not.
     with pytest.raises(FailClosed) as e:
         pool.random_bytes(16)
     assert not isinstance(e.value, Starved)
     assert pool.healthy is False
-    assert pool.status()["state"] == "failed"
-    assert pool.status()["healthy"] is False
+    assert pool.status().state is PoolState.FAILED
+    assert pool.status().healthy is False
 
 
 def test_stuck_source_is_declared_failed_then_retried_with_backoff() -> None:
     source = FakeSource(stuck)
     pool, producer, clock = pipeline(source)
-    assert pool.status()["source"]["state"] == "failed"
+    assert pool.status().source.state is SourceState.FAILED
     reads = source.reads
     clock.advance(0.5)
     pool.tick()
@@ -200,7 +202,7 @@ def test_stuck_source_is_declared_failed_then_retried_with_backoff() -> None:
     clock.advance(0.6)
     pool.tick()
     assert source.reads > reads
-    assert pool.status()["source"]["state"] == "ok"
+    assert pool.status().source.state is SourceState.OK
     assert len(pool.random_bytes(32)) == 32
 
 
@@ -233,11 +235,11 @@ def test_take_raw_never_starves_reseed() -> None:
     run = ManualRun()
     pool, _, _ = pipeline(FakeSource(), high_water=4096, run=run)
     run.complete()
-    assert len(run.pending) == 0 or pool.status()["pool"]["fill_bytes"] >= 4096 - 1024
+    assert len(run.pending) == 0 or pool.status().buffer.fill_bytes >= 4096 - 1024
     with pytest.raises(PoolShort):
         for _ in range(100):
             pool.take_raw(256)
-    assert pool.status()["pool"]["fill_bytes"] >= pool.reseed_samples
+    assert pool.status().buffer.fill_bytes >= pool.reseed_samples
     assert len(pool.random_bytes(16)) == 16
 
 
@@ -259,29 +261,29 @@ def test_source_error_backoff_and_recovery() -> None:
     pool, producer, clock = pipeline(source)
     source.error = "EIO reading /dev/fake: Input/output error"
     for _ in range(100):
-        if pool.status()["source"]["state"] == "failed":
+        if pool.status().source.state is SourceState.FAILED:
             break
         try:
             pool.take_raw(512)
         except PoolShort:
             pool.nudge()
-    st = pool.status()["source"]
-    assert st["state"] == "failed"
-    assert "EIO" in st["error"]
-    assert st["errors"] == 1
+    st = pool.status().source
+    assert st.state is SourceState.FAILED
+    assert "EIO" in st.error
+    assert st.errors == 1
     clock.advance(1.0)  # first retry after 1 s, still failing
-    assert pool.status()["source"]["errors"] == 2
+    assert pool.status().source.errors == 2
     clock.advance(1.0)  # the next wait is 2 s
-    assert pool.status()["source"]["errors"] == 2
+    assert pool.status().source.errors == 2
     clock.advance(1.0)
-    assert pool.status()["source"]["errors"] == 3
+    assert pool.status().source.errors == 3
     clock.advance(2.0)  # reseed deadline passed: closed
     with pytest.raises(FailClosed) as e:
         pool.random_bytes(1)
     assert "EIO" in e.value.reason
     source.error = None
     clock.advance(4.0)
-    assert pool.status()["source"]["state"] == "ok"
+    assert pool.status().source.state is SourceState.OK
     assert len(pool.random_bytes(8)) == 8
 
 
@@ -302,13 +304,13 @@ def test_fifo_writer_stops_gives_eof(tmp_path: Path) -> None:
     source = DeviceSource(str(fifo))
     pool, producer, clock = pipeline(source, h=8.0, high_water=256 * 1024,
                                      run=lambda job: deferToThreadAndWait(job, t))
-    st = pool.status()["source"]
-    assert st["state"] == "failed"
-    assert "end of file" in st["error"]
+    st = pool.status().source
+    assert st.state is SourceState.FAILED
+    assert "end of file" in st.error
     with pytest.raises(FailClosed) as e:
         pool.random_bytes(16)
     assert not isinstance(e.value, Starved)
-    assert pool.status()["state"] == "failed"
+    assert pool.status().state is PoolState.FAILED
     producer.stopProducing()
     producer.stopProducing()  # idempotent
     os.close(keeper)
@@ -329,22 +331,62 @@ def test_fork_is_detected_and_child_reseeds() -> None:
     producer = SourceProducer(FakeSource(), pool, sync_run, clock, chunk_size=1024)
     producer.start()
     pool.random_bytes(16)
-    before = pool.status()["drbg"]["reseeds"]
+    before = pool.status().drbg.reseeds
     pid[0] = 101
     pool.random_bytes(16)
-    assert pool.status()["drbg"]["reseeds"] == before + 1
+    assert pool.status().drbg.reseeds == before + 1
 
 
-def test_status_snapshot_shape() -> None:
+#: The pool's part of the /v1/status document, key by key (None: a value).
+#: The dashboard and the OpenAPI Status schema read these keys.
+STATUS_SHAPE = {
+    "state": None, "healthy": None, "reason": None,
+    "starved": {"seconds": None, "total_seconds": None, "waits": None, "refusals": None},
+    "source": {
+        "name": None, "kind": None, "state": None, "error": None, "bytes_read": None,
+        "errors": None, "min_entropy": None, "health_failures": {"rct": None, "apt": None},
+        "health": {"state": None, "rct_cutoff": None, "apt_cutoff": None, "apt_window": None,
+                   "samples_tested": None, "samples_discarded": None},
+    },
+    "pool": {"fill_bytes": None, "fill_percent": None, "high_water_bytes": None,
+             "demand_bytes_per_second": None, "pressure": None, "seed_draws": None,
+             "seed_draws_short": None},
+    "drbg": {"mechanism": None, "reseeds": None, "reseed_failures": None, "reseed_age_seconds": None,
+             "reseed_interval_seconds": None, "reseed_bytes": None, "reseed_bits": None,
+             "bytes_since_reseed": None, "bytes_generated": None},
+    "served": {"http": None},
+    "fail_closed_refusals": None,
+}
+
+
+def shape(doc: object) -> object:
+    return {k: shape(v) for k, v in doc.items()} if isinstance(doc, dict) else None
+
+
+def test_status_document_keeps_every_key_in_plain_json_types() -> None:
     pool, _, clock = pipeline(FakeSource())
     pool.random_bytes(10, surface="http")
+    doc = pool.status().as_dict()
+    assert shape(doc) == STATUS_SHAPE
+    assert json.loads(json.dumps(doc)) == doc
+    # Enums leave as their plain string values.
+    assert type(doc["state"]) is str and doc["state"] == "ok"
+    assert type(doc["source"]["state"]) is str and doc["source"]["state"] == "ok"
+    assert type(doc["source"]["health"]["state"]) is str
+    assert [type(k) for k in doc["source"]["health_failures"]] == [str, str]
+    assert doc["source"]["health_failures"] == {"rct": 0, "apt": 0}
+    assert doc["served"] == {"http": 10}
+    assert 0.0 <= doc["pool"]["pressure"] <= 1.0
+
+
+def test_status_is_a_snapshot() -> None:
+    pool, _, clock = pipeline(FakeSource())
     st = pool.status()
-    assert set(st["pool"]) >= {"fill_bytes", "fill_percent", "high_water_bytes", "pressure"}
-    assert set(st["drbg"]) >= {"reseeds", "reseed_age_seconds", "reseed_interval_seconds",
-                               "reseed_bits", "bytes_generated"}
-    assert set(st["source"]) >= {"name", "kind", "state", "bytes_read", "health_failures"}
-    assert st["source"]["health_failures"] == {"rct": 0, "apt": 0}
-    assert 0.0 <= st["pool"]["pressure"] <= 1.0
+    pool.random_bytes(10, surface="http")
+    assert st.served == {} and st.drbg.bytes_generated == 0
+    assert pool.status().served == {"http": 10}
+    with pytest.raises(TypeError):
+        st.served["http"] = 1  # type: ignore[index]
 
 
 def test_never_serves_from_unseeded_when_source_is_bad_from_start() -> None:
@@ -353,7 +395,7 @@ def test_never_serves_from_unseeded_when_source_is_bad_from_start() -> None:
         clock.advance(1.0)
         with pytest.raises(FailClosed):
             pool.random_bytes(1)
-    assert pool.status()["drbg"]["reseeds"] == 0
+    assert pool.status().drbg.reseeds == 0
 
 
 def test_real_fork_child_never_repeats_parent_output() -> None:
@@ -441,7 +483,7 @@ def test_due_reseed_without_seed_is_starved_and_waiters_resume() -> None:
     with pytest.raises(Starved):
         pool.random_bytes(64)
     assert pool.state is PoolState.STARVED
-    assert pool.status()["healthy"] is False
+    assert pool.status().healthy is False
     waited = when_ready(pool, 64)
     got: list[object] = []
     waited.addBoth(got.append)
@@ -452,10 +494,10 @@ def test_due_reseed_without_seed_is_starved_and_waiters_resume() -> None:
     assert got == [None]
     assert len(pool.random_bytes(64)) == 64
     st = pool.status()
-    assert st["state"] == "ok"
-    assert st["starved"]["waits"] == 1
-    assert st["starved"]["seconds"] == 0
-    assert st["starved"]["total_seconds"] == pytest.approx(2.5)
+    assert st.state is PoolState.OK
+    assert st.starved.waits == 1
+    assert st.starved.seconds == 0
+    assert st.starved.total_seconds == pytest.approx(2.5)
 
 
 def test_source_failure_fails_waiters_and_tells_watchers() -> None:
@@ -496,21 +538,21 @@ def test_no_byte_leaves_an_overdue_drbg() -> None:
     pool, source, held, clock = slow_pipeline(max_bytes=4096)
     seed_fully(pool, held)
     held.deliver(5)
-    reseeds = pool.status()["drbg"]["reseeds"]
+    reseeds = pool.status().drbg.reseeds
     assert len(pool.random_bytes(10000)) == 10000
-    st = pool.status()["drbg"]
-    assert st["reseeds"] == reseeds + 2
-    assert st["bytes_since_reseed"] == 10000 - 2 * 4096
+    st = pool.status().drbg
+    assert st.reseeds == reseeds + 2
+    assert st.bytes_since_reseed == 10000 - 2 * 4096
 
 
 def test_request_short_of_its_reseeds_is_refused_before_any_output() -> None:
     pool, source, held, clock = slow_pipeline(max_bytes=4096)
     seed_fully(pool, held)
     pool._buffer = pool._buffer[:pool.reseed_samples]  # one reseed's worth, not three
-    generated = pool.status()["drbg"]["bytes_generated"]
+    generated = pool.status().drbg.bytes_generated
     with pytest.raises(Starved):
         pool.random_bytes(3 * 4096 + 1)
-    assert pool.status()["drbg"]["bytes_generated"] == generated
+    assert pool.status().drbg.bytes_generated == generated
     # The refusal asks the reader for what the request needs.
     assert pool.target() >= 3 * pool.reseed_samples
     waited = when_ready(pool, 3 * 4096 + 1)

@@ -8,6 +8,7 @@ from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
 from entropy_appliance.core.pool import SeedPool
+from entropy_appliance.core.states import PoolState, SourceState
 from entropy_appliance.net.stream import MAX_CLIENT_INPUT, StreamFactory, StreamProtocol
 from tests.test_pool import FakeSource, pipeline, seed_fully, slow_pipeline, stuck
 
@@ -38,7 +39,7 @@ def test_backpressure_one_chunk_per_pull() -> None:
     data = transport.value()
     assert len(data) == 3 * 4096
     assert len(set(data[i:i + 16] for i in range(0, len(data), 16))) == len(data) // 16
-    assert pool.status()["served"]["stream"] == 3 * 4096
+    assert pool.status().served["stream"] == 3 * 4096
 
 
 def test_stops_on_connection_lost() -> None:
@@ -58,8 +59,8 @@ def test_fail_closed_closes_without_sending() -> None:
     proto.resumeProducing()
     sent = len(transport.value())
     source.make = stuck
-    while pool.status()["source"]["state"] != "failed":
-        pool.take_raw(512) if pool.status()["pool"]["fill_bytes"] > 2048 else pool.nudge()
+    while pool.status().source.state is not SourceState.FAILED:
+        pool.take_raw(512) if pool.status().buffer.fill_bytes > 2048 else pool.nudge()
     clock.advance(1.0)
     proto.resumeProducing()
     assert len(transport.value()) == sent
@@ -89,13 +90,13 @@ def test_starved_stream_pauses_and_resumes_without_hanging_up() -> None:
     proto.resumeProducing()  # asked again while waiting: still nothing, no double wait
     assert len(transport.value()) == 4096
     assert not transport.disconnecting
-    assert pool.status()["state"] == "starved"
+    assert pool.status().state is PoolState.STARVED
     clock.advance(30.0)
     assert not transport.disconnecting
     held.deliver()
     assert len(transport.value()) == 2 * 4096
-    assert pool.status()["state"] == "ok"
-    assert pool.status()["starved"]["waits"] == 1
+    assert pool.status().state is PoolState.OK
+    assert pool.status().starved.waits == 1
 
 
 def test_source_failure_closes_waiting_and_idle_streams() -> None:
@@ -111,7 +112,7 @@ def test_source_failure_closes_waiting_and_idle_streams() -> None:
     assert not waiting_transport.disconnecting
     source.make = stuck
     held.deliver(3)
-    assert pool.status()["state"] == "failed"
+    assert pool.status().state is PoolState.FAILED
     assert waiting_transport.disconnecting and waiting_transport.value() == b""
     assert idle_transport.disconnecting and len(idle_transport.value()) == sent
     # A new connection while failed gets nothing and is closed at once.

@@ -194,7 +194,7 @@ def test_fast_requests_are_counted_in_the_metrics() -> None:
     text = web.metrics.render().decode()
     assert 'entropy_http_requests_total{method="GET",route="/v1/random",status="200"} 2.0' in text
     assert 'entropy_http_requests_total{method="POST",route="/",status="200"} 1.0' in text
-    assert web.pool.status()["served"]["pollen"] == 64
+    assert web.pool.status().served["pollen"] == 64
 
 
 def test_failing_closed_answers_503_problem_json() -> None:
@@ -305,14 +305,14 @@ def test_a_disconnect_mid_body_stops_the_producer_and_ends_the_response() -> Non
     proto.dataReceived(get_random(BIG))  # type: ignore[attr-defined]
     producer = transport.producer
     assert isinstance(producer, StreamedBody) and inflight.count == 1
-    served = web.pool.status()["served"]["http"]
+    served = web.pool.status().served["http"]
     proto.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
     assert inflight.count == 0 and producer.finished
     written = len(transport.value())
     producer.resumeProducing()
     producer.stopProducing()
     assert len(transport.value()) == written
-    assert web.pool.status()["served"]["http"] == served  # nothing more generated
+    assert web.pool.status().served["http"] == served  # nothing more generated
     text = web.metrics.render().decode()
     assert 'entropy_http_requests_total{method="GET",route="/v1/random",status="200"} 1.0' in text
 
@@ -416,7 +416,7 @@ def test_streamed_bodies_are_counted_in_the_metrics() -> None:
     drive(transport)
     text = web.metrics.render().decode()
     assert 'entropy_http_requests_total{method="GET",route="/v1/random",status="200"} 2.0' in text
-    assert web.pool.status()["served"]["http"] == 2 * BIG
+    assert web.pool.status().served["http"] == 2 * BIG
 
 
 def test_formats_heads_and_sizes_out_of_range_keep_the_normal_path() -> None:

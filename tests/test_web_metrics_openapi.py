@@ -39,7 +39,10 @@ def test_metrics_report_pool_requests_and_extras() -> None:
     assert m[("entropy_pool_fill_bytes", ())] >= 0
     assert ("entropy_drbg_reseed_age_seconds", ()) in m
     assert m[("entropy_health_failures_total", (("test", "rct"),))] == 0
+    assert m[("entropy_health_failures_total", (("test", "apt"),))] == 0
     assert m[("entropy_source_state", (("source", "kernel"), ("state", "ok")))] == 1
+    for other in ("starting", "startup", "failed"):
+        assert m[("entropy_source_state", (("source", "kernel"), ("state", other)))] == 0
     assert m[("entropy_onion_state", (("state", "published"),))] == 1
     req = "entropy_http_requests_total"
     assert m[(req, (("method", "GET"), ("route", "/v1/random"), ("status", "200")))] == 1

@@ -40,7 +40,7 @@ def test_get_with_challenge_and_fresh_randomness_each_time() -> None:
     chal = challenge()
     seconds = {check_reply(call(stub, "GET", f"http://a/?challenge={chal}")[1], chal) for _ in range(3)}
     assert len(seconds) == 3
-    assert web.pool.status()["served"]["pollen"] == 3 * 64
+    assert web.pool.status().served["pollen"] == 3 * 64
 
 
 def test_missing_or_empty_challenge_says_use_pollinate() -> None:

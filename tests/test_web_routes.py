@@ -66,10 +66,10 @@ def test_random_bodies_differ() -> None:
 
 def test_head_gives_headers_without_generating() -> None:
     web, stub = make_web()
-    before = web.pool.status()["drbg"]["bytes_generated"]
+    before = web.pool.status().drbg.bytes_generated
     resp, body = call(stub, "HEAD", "http://a/v1/random?bytes=1000000")
     assert resp.code == 200 and body == b""
-    assert web.pool.status()["drbg"]["bytes_generated"] == before
+    assert web.pool.status().drbg.bytes_generated == before
 
 
 @pytest.mark.parametrize("query", ["", "bytes=", "bytes=abc", "bytes=-1", "bytes=0", "bytes=1.5",
@@ -212,7 +212,7 @@ def test_starved_request_waits_and_is_answered_after_the_reseed(method: str, pat
     stub.flush()
     [(resp, body)] = results
     assert resp.code == 200 and body
-    assert web.pool.status()["starved"]["waits"] >= 1
+    assert web.pool.status().starved.waits >= 1
 
 
 def test_starved_past_the_wait_is_503_with_retry_after() -> None:

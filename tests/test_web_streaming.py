@@ -7,7 +7,7 @@ from typing import Any
 from twisted.internet.interfaces import IPushProducer
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.core.pool import FailClosed
+from entropy_appliance.core.pool import FailClosed, PoolState
 from entropy_appliance.web.formats import FORMATS
 from entropy_appliance.web.streaming import RandomBodyProducer
 from tests.test_pool import seed_fully, slow_pipeline, stuck
@@ -157,7 +157,7 @@ def test_source_failure_while_a_body_waits_aborts_it() -> None:
     clock.advance(1.0)
     pool.tick()
     held.deliver(3)
-    assert pool.status()["state"] == "failed"
+    assert pool.status().state is PoolState.FAILED
     assert req.channel.aborted  # at once, though the client has not drained its socket
     assert done == []
     assert sum(map(len, req.written)) == 4096

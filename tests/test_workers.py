@@ -46,7 +46,7 @@ def test_relay_pool_hands_out_each_sample_once_and_never_seeds_itself() -> None:
     assert a != b
     clock.advance(5)
     pool.tick()
-    assert pool.status()["drbg"]["reseeds"] == 0
+    assert pool.status().drbg.reseeds == 0
 
 
 def test_relay_pool_short_when_source_failed() -> None:

@@ -22,14 +22,15 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Mapping
-from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from entropy_appliance.core.states import PoolState
+from entropy_appliance.core.status import PoolStatus
 
 __all__ = ["NotifyService", "sd_notify", "status_line", "STATUS_INTERVAL"]
 
@@ -71,69 +72,59 @@ def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def status_line(status: Mapping[str, Any]) -> str:
+def status_line(status: PoolStatus) -> str:
     """
     One line for ``systemctl status``, built from :meth:`SeedPool.status`:
     whether bytes are served, the source and its health state, and the
     reseed figures.
     """
-    source = status.get("source", {})
-    name = source.get("name", "?")
-    kind = source.get("kind", "?")
-    state = status.get("state", "ok" if status.get("healthy") else "failed")
-    starved = status.get("starved") or {}
-    if state == "ok":
+    source, starved, drbg = status.source, status.starved, status.drbg
+    if status.state is PoolState.OK:
         head = "serving"
-    elif state == "starved":
-        head = (f"STARVED for {starved.get('seconds', 0.0):.1f} s, waiting for seed "
-                f"({_one_line(status.get('reason') or 'seed pool refilling')})")
+    elif status.state is PoolState.STARVED:
+        head = (f"STARVED for {starved.seconds:.1f} s, waiting for seed "
+                f"({_one_line(status.reason or 'seed pool refilling')})")
     else:
-        head = f"FAILING CLOSED ({_one_line(status.get('reason') or 'unknown reason')})"
-    parts = [head, f"source {name} ({kind}) {source.get('state', '?')}"]
-    failures = {k: v for k, v in (source.get("health_failures") or {}).items() if v}
+        head = f"FAILING CLOSED ({_one_line(status.reason or 'unknown reason')})"
+    parts = [head, f"source {source.name} ({source.kind}) {source.state}"]
+    failures = {test: n for test, n in source.health_failures.items() if n}
     if failures:
         parts.append("health failures " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
-    if source.get("error"):
-        parts.append(f"error: {_one_line(source['error'])}")
-    drbg = status.get("drbg", {})
-    if "reseeds" in drbg:
-        age = drbg.get("reseed_age_seconds")
-        last = "never" if age is None else f"{age:.1f} s ago"
-        parts.append(f"reseeds {drbg['reseeds']}, last {last}")
-    pool = status.get("pool", {})
-    if "fill_percent" in pool:
-        parts.append(f"seed pool {pool['fill_percent']:.0f}%")
-    if starved.get("waits"):
-        parts.append(f"starved {starved.get('total_seconds', 0.0):.1f} s in all, "
-                     f"{starved['waits']} waits")
+    if source.error:
+        parts.append(f"error: {_one_line(source.error)}")
+    age = drbg.reseed_age_seconds
+    last = "never" if age is None else f"{age:.1f} s ago"
+    parts.append(f"reseeds {drbg.reseeds}, last {last}")
+    parts.append(f"seed pool {status.buffer.fill_percent:.0f}%")
+    if starved.waits:
+        parts.append(f"starved {starved.total_seconds:.1f} s in all, {starved.waits} waits")
     return "; ".join(parts)
 
 
-class NotifyService(Service):
+class NotifyService(TimerService):
     """
-    Tells systemd READY=1 once the appliance can serve, STATUS= every
-    ``interval`` seconds, and STOPPING=1 when stopped.
+    Tells systemd READY=1 once the appliance can serve, STATUS= at the start
+    and every ``interval`` seconds, and STOPPING=1 when stopped.
 
-    ``pool_status`` returns a :meth:`SeedPool.status`-shaped dict; ``ready``
-    returns a Deferred that fires once random bytes can be served (the first
-    seed is in), and fails if the source fails first (then it is asked again
-    a second later); ``clock`` schedules the updates; ``notify`` sends one
+    ``pool_status`` returns a :class:`PoolStatus`; ``ready`` returns a
+    Deferred that fires once random bytes can be served (the first seed is
+    in), and fails if the source fails first (then it is asked again a
+    second later); ``clock`` schedules the updates; ``notify`` sends one
     message (default :func:`sd_notify`).
     """
 
-    def __init__(self, pool_status: Callable[[], Mapping[str, Any]], clock: IReactorTime,
+    def __init__(self, pool_status: Callable[[], PoolStatus], clock: IReactorTime,
                  notify: Callable[[str], object] = sd_notify,
                  interval: float = STATUS_INTERVAL,
                  ready: Callable[[], Deferred[None]] = lambda: succeed(None)) -> None:
+        super().__init__(interval, self.update)
+        self.clock = self._clock = clock
         self._pool_status = pool_status
-        self._clock = clock
         self._notify = notify
-        self._interval = interval
         self._ready = ready
         self._waiting: Deferred[None] | None = None
         self._retry: IDelayedCall | None = None
         self.announced = False
-        self._loop: LoopingCall | None = None
 
     def _status(self) -> str:
         try:
@@ -143,15 +134,12 @@ class NotifyService(Service):
 
     def startService(self) -> None:
         """
-        Every earlier sibling is listening: report READY=1 with the first
-        status as soon as the pool is seeded.
+        Every earlier sibling is listening: start the STATUS= updates (so
+        that ``systemctl status`` tells what a slow start waits for), and
+        report READY=1 as soon as the pool is seeded.
         """
         super().startService()
         self._await_ready()
-        loop = LoopingCall(self.update)
-        loop.clock = self._clock
-        loop.start(self._interval, now=False)
-        self._loop = loop
 
     def _await_ready(self) -> None:
         self._retry = None
@@ -174,9 +162,9 @@ class NotifyService(Service):
         """Send the current STATUS= line."""
         self._notify(f"STATUS={self._status()}")
 
-    def stopService(self) -> None:
-        """Report STOPPING=1 before the listeners close."""
-        super().stopService()
+    def stopService(self) -> Deferred[None]:
+        """Report STOPPING=1 at once, before the listeners close."""
+        stopped: Deferred[None] = super().stopService()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -184,7 +172,5 @@ class NotifyService(Service):
         if waiting is not None:
             waiting.addErrback(lambda _: None)
             waiting.cancel()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
         self._notify("STOPPING=1\nSTATUS=stopping")
+        return stopped

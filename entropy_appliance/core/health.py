@@ -27,7 +27,7 @@ The promises, in one place:
   failure: it is discarded and testing goes on.  ``failure_limit`` failing
   windows among the last ``failure_span`` windows (64 by default, 32 KiB
   of samples at ``window=512``) is a persistent failure and the state
-  becomes ``"failed"``.  With ``alpha = 2**-30`` a healthy source fails a
+  becomes ``SourceState.FAILED``.  With ``alpha = 2**-30`` a healthy source fails a
   window about once in 2**29 windows, so three within 64 windows is a
   fault, not bad luck; a stuck source reaches it within three windows.
 - **Failed means closed.**  Once failed, :meth:`feed` returns ``b""`` and
@@ -51,6 +51,8 @@ import re
 from collections import deque
 from fractions import Fraction
 
+from entropy_appliance.core.states import HealthTest, SourceState
+
 __all__ = ["HealthTests", "apt_cutoff", "rct_cutoff", "failing_run"]
 
 DEFAULT_ALPHA = 2.0**-30
@@ -59,11 +61,6 @@ MIN_STARTUP_SAMPLES = 1024
 # The exact tail sum costs about W**2 big-integer steps; the standard uses
 # W = 512 for 8-bit samples, so 4096 leaves room without a slow start.
 MAX_WINDOW = 4096
-
-STARTUP = "startup"
-OK = "ok"
-FAILED = "failed"
-
 
 def _check_entropy(h: float) -> float:
     if isinstance(h, bool) or not isinstance(h, (int, float)):
@@ -183,7 +180,7 @@ class HealthTests:
     (see the module docstring for the promises).
 
     ``feed`` returns only samples of complete windows that passed both
-    tests; ``state`` is ``"startup"``, ``"ok"`` or ``"failed"``.
+    tests; ``state`` is ``STARTUP``, ``OK`` or ``FAILED`` (a :class:`SourceState`).
     """
 
     def __init__(
@@ -228,20 +225,20 @@ class HealthTests:
             ) from e
 
         # Cumulative counters: they survive reset().
-        self._failures = {"rct": 0, "apt": 0}
+        self._failures = {test: 0 for test in HealthTest}
         self.samples_tested = 0
         self.samples_discarded = 0
         self.samples_returned = 0
         self.windows_passed = 0
         self.windows_failed = 0
-        self.last_failure: str | None = None
+        self.last_failure: HealthTest | None = None
         self._quarantine = bytearray()
 
         self._buffer = bytearray()
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._state = STARTUP
+        self._state = SourceState.STARTUP
         self._startup_left = self.startup_windows
         self._buffer.clear()
         # The RCT run carried from the last tested sample: (value, length).
@@ -252,12 +249,12 @@ class HealthTests:
     # -- reporting ------------------------------------------------------------
 
     @property
-    def state(self) -> str:
-        """``"startup"``, ``"ok"`` or ``"failed"``."""
+    def state(self) -> SourceState:
+        """``STARTUP``, ``OK`` or ``FAILED``; never ``STARTING``."""
         return self._state
 
     @property
-    def failures(self) -> dict[str, int]:
+    def failures(self) -> dict[HealthTest, int]:
         """Failing windows per test since construction (a copy)."""
         return dict(self._failures)
 
@@ -318,7 +315,7 @@ class HealthTests:
         """
         if not data:
             return b""
-        if self._state == FAILED:
+        if self._state is SourceState.FAILED:
             self._drop(data)
             return b""
         w = self.window
@@ -389,11 +386,11 @@ class HealthTests:
             self.samples_tested += w
             if not (apt or rct[i]):
                 self.windows_passed += 1
-                if self._state == STARTUP:
+                if self._state is SourceState.STARTUP:
                     self.samples_discarded += w
                     self._startup_left -= 1
                     if self._startup_left == 0:
-                        self._state = OK
+                        self._state = SourceState.OK
                 else:
                     self._recent.append(False)
                     out.append(block[start:end])
@@ -401,21 +398,21 @@ class HealthTests:
             # A test fired: the window is discarded whole.
             self.windows_failed += 1
             if apt:
-                self._failures["apt"] += 1
-                self.last_failure = "apt"
+                self._failures[HealthTest.APT] += 1
+                self.last_failure = HealthTest.APT
             if rct[i]:
                 # A stuck run is the more telling diagnosis, so it wins.
-                self._failures["rct"] += 1
-                self.last_failure = "rct"
+                self._failures[HealthTest.RCT] += 1
+                self.last_failure = HealthTest.RCT
             self.samples_discarded += w
             self._to_quarantine(memoryview(block)[start:end])
-            if self._state == STARTUP:
-                self._state = FAILED
+            if self._state is SourceState.STARTUP:
+                self._state = SourceState.FAILED
             else:
                 self._recent.append(True)
                 if sum(self._recent) >= self.failure_limit:
-                    self._state = FAILED
-            if self._state == FAILED:
+                    self._state = SourceState.FAILED
+            if self._state is SourceState.FAILED:
                 return out, end
         return out, None
 

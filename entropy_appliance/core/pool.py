@@ -54,14 +54,23 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Protocol
 
 from twisted.logger import Logger
 
 from entropy_appliance.core.backoff import Backoff
 from entropy_appliance.core.drbg import CtrDrbg
 from entropy_appliance.core.health import HealthTests
+from entropy_appliance.core.states import PoolState, SourceState
+from entropy_appliance.core.status import (
+    BufferStatus,
+    DrbgStatus,
+    HealthStatus,
+    PoolStatus,
+    SourceStatus,
+    StarvedStatus,
+)
 
 #: The longest wait, in seconds, before a failed source is tested again.
 MAX_BACKOFF = 60.0
@@ -113,17 +122,6 @@ class Starved(FailClosed):
     (:meth:`SeedPool.wait`) rather than give up.  It is a
     :class:`FailClosed`, so a caller that cannot wait still refuses.
     """
-
-
-class PoolState(StrEnum):
-    """What the pool can do now; the value is what status documents show."""
-
-    #: Random bytes are served.
-    OK = "ok"
-    #: Healthy source, seed short for a due reseed: output waits.
-    STARVED = "starved"
-    #: The source failed its health tests or cannot be read: fail closed.
-    FAILED = "failed"
 
 
 @dataclass(eq=False)
@@ -242,7 +240,7 @@ class SeedPool:
         self._bytes_since_reseed = 0
         self._producer: IPull | None = None
         self._pulling = False
-        self._source_state = "starting"
+        self._source_state: SourceState = SourceState.STARTING
         self._health_retry_at: float | None = None
         self._health_backoff = Backoff(1.0, MAX_BACKOFF)
         self._source_error: str | None = None
@@ -295,7 +293,7 @@ class SeedPool:
             self._buffer += approved[:room]
         self._source_state = self._health.state
         now = self._clock.seconds()
-        if self._health.state == "failed":
+        if self._health.state is SourceState.FAILED:
             self._health_failed(now)
         elif self.serving:
             if self._needs_seed(now):
@@ -326,10 +324,10 @@ class SeedPool:
         self.counters.source_errors += 1
         # A device that fails may have been failing quietly before.
         self._buffer.clear()
-        if self._source_state != "failed":
+        if self._source_state is not SourceState.FAILED:
             self.log.error("entropy source {name} failed: {reason}",
                            name=self.source_name, reason=reason)
-        self._source_state = "failed"
+        self._source_state = SourceState.FAILED
         self._source_error = reason
         self._fail(f"source failed: {reason}")
 
@@ -369,7 +367,7 @@ class SeedPool:
             self._producer is not None
             and not self._pulling
             and len(self._buffer) < self.target()
-            and self._source_state != "failed"
+            and self._source_state is not SourceState.FAILED
         ):
             self._pulling = True
             self._producer.resumeProducing()
@@ -401,7 +399,7 @@ class SeedPool:
 
     def _try_reseed(self, now: float) -> bool:
         """Instantiate or reseed from the buffer; wake the waiters on success."""
-        if self._source_state == "failed":
+        if self._source_state is SourceState.FAILED:
             return False
         if self._drbg is None:
             seed = self._take(self.instantiate_samples)
@@ -648,7 +646,7 @@ class SeedPool:
         come from the health tests' quarantine of discarded samples.  Raises
         :class:`PoolShort` rather than starving a reseed.
         """
-        if self._source_state == "failed" or self._health.state == "failed":
+        if SourceState.FAILED in (self._source_state, self._health.state):
             raw = self._health.quarantine(n)
             if len(raw) < n:
                 raise PoolShort("not enough raw samples from the failing source")
@@ -668,7 +666,7 @@ class SeedPool:
         bytes.  Raises :class:`PoolShort` when none are buffered or the
         source is failing.
         """
-        if self._source_state == "failed" or not self._buffer:
+        if self._source_state is SourceState.FAILED or not self._buffer:
             self._pull()
             raise PoolShort("no healthy seed material buffered")
         out = bytes(self._buffer[:n])
@@ -683,7 +681,7 @@ class SeedPool:
     @property
     def state(self) -> PoolState:
         """ok, starved or failed (see :class:`PoolState`)."""
-        if self._failure is not None or self._source_state == "failed":
+        if self._failure is not None or self._source_state is SourceState.FAILED:
             return PoolState.FAILED
         if self.serving and (
                 self._drbg is None or self._starved_since is not None
@@ -701,7 +699,7 @@ class SeedPool:
         """Why no byte is served now, or None."""
         if self._failure is not None:
             return self._failure
-        if self._source_state == "failed":
+        if self._source_state is SourceState.FAILED:
             return self._source_error and f"source failed: {self._source_error}" or (
                 "source failed its health tests")
         if self._drbg is None:
@@ -716,64 +714,64 @@ class SeedPool:
             return 0.0
         return max(0.0, self._clock.seconds() - self._starved_since)
 
-    def status(self) -> dict[str, Any]:
-        """One snapshot of every counter, JSON-ready."""
+    def status(self) -> PoolStatus:
+        """One snapshot of every counter (``as_dict()`` makes it JSON)."""
         now = self._clock.seconds()
         c = self.counters
         health = self._health
         age = None if self._last_reseed is None else max(0.0, now - self._last_reseed)
         starved_now = self.starved_for()
-        return {
-            "state": self.state.value,
-            "healthy": self.healthy,
-            "reason": self.closed_reason,
-            "starved": {
-                "seconds": starved_now,
-                "total_seconds": c.starved_seconds + starved_now,
-                "waits": c.starved_waits,
-                "refusals": c.starved_refusals,
-            },
-            "source": {
-                "name": self.source_name,
-                "kind": self.source_kind,
-                "state": self._source_state,
-                "error": self._source_error,
-                "bytes_read": c.bytes_read,
-                "errors": c.source_errors,
-                "min_entropy": self.min_entropy,
-                "health_failures": dict(health.failures),
-                "health": {
-                    "state": health.state,
-                    "rct_cutoff": health.rct_cutoff_value,
-                    "apt_cutoff": health.apt_cutoff_value,
-                    "apt_window": health.window,
-                    "samples_tested": health.samples_tested,
-                    "samples_discarded": health.samples_discarded,
-                },
-            },
-            "pool": {
-                "fill_bytes": len(self._buffer),
-                "fill_percent": round(100.0 * len(self._buffer) / self.target(), 2),
-                "high_water_bytes": self.target(),
-                "demand_bytes_per_second": round(self._demand, 1),
-                "pressure": (c.seed_draws_short / c.seed_draws) if c.seed_draws else 0.0,
-                "seed_draws": c.seed_draws,
-                "seed_draws_short": c.seed_draws_short,
-            },
-            "drbg": {
-                "mechanism": "CTR_DRBG AES-256 use df",
-                "reseeds": c.reseeds,
-                "reseed_failures": c.reseed_failures,
-                "reseed_age_seconds": age,
-                "reseed_interval_seconds": self.policy.interval,
-                "reseed_bytes": self.policy.max_bytes,
-                "reseed_bits": self.policy.bits,
-                "bytes_since_reseed": self._bytes_since_reseed,
-                "bytes_generated": c.bytes_generated,
-            },
-            "served": dict(c.served),
-            "fail_closed_refusals": c.fail_closed_refusals,
-        }
+        return PoolStatus(
+            state=self.state,
+            healthy=self.healthy,
+            reason=self.closed_reason,
+            starved=StarvedStatus(
+                seconds=starved_now,
+                total_seconds=c.starved_seconds + starved_now,
+                waits=c.starved_waits,
+                refusals=c.starved_refusals,
+            ),
+            source=SourceStatus(
+                name=self.source_name,
+                kind=self.source_kind,
+                state=self._source_state,
+                error=self._source_error,
+                bytes_read=c.bytes_read,
+                errors=c.source_errors,
+                min_entropy=self.min_entropy,
+                health_failures=MappingProxyType(health.failures),
+                health=HealthStatus(
+                    state=health.state,
+                    rct_cutoff=health.rct_cutoff_value,
+                    apt_cutoff=health.apt_cutoff_value,
+                    apt_window=health.window,
+                    samples_tested=health.samples_tested,
+                    samples_discarded=health.samples_discarded,
+                ),
+            ),
+            buffer=BufferStatus(
+                fill_bytes=len(self._buffer),
+                fill_percent=round(100.0 * len(self._buffer) / self.target(), 2),
+                high_water_bytes=self.target(),
+                demand_bytes_per_second=round(self._demand, 1),
+                pressure=(c.seed_draws_short / c.seed_draws) if c.seed_draws else 0.0,
+                seed_draws=c.seed_draws,
+                seed_draws_short=c.seed_draws_short,
+            ),
+            drbg=DrbgStatus(
+                mechanism="CTR_DRBG AES-256 use df",
+                reseeds=c.reseeds,
+                reseed_failures=c.reseed_failures,
+                reseed_age_seconds=age,
+                reseed_interval_seconds=self.policy.interval,
+                reseed_bytes=self.policy.max_bytes,
+                reseed_bits=self.policy.bits,
+                bytes_since_reseed=self._bytes_since_reseed,
+                bytes_generated=c.bytes_generated,
+            ),
+            served=MappingProxyType(dict(c.served)),
+            fail_closed_refusals=c.fail_closed_refusals,
+        )
 
     def reseed_age(self) -> float | None:
         """Seconds since the last reseed, or None before the first."""

@@ -445,7 +445,7 @@ class EntropyWeb:
 
     def status(self) -> dict[str, Any]:
         """The /v1/status document: the pool snapshot plus version, uptime, listeners, extras."""
-        doc = self.pool.status()
+        doc = self.pool.status().as_dict()
         doc["version"] = self.version
         doc["uptime_seconds"] = max(0.0, self.clock.seconds() - self._started)
         doc["listeners"] = list(self.listeners)

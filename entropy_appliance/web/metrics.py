@@ -3,8 +3,8 @@
 
 Two kinds of figures:
 
-- :class:`PoolCollector` reads ``pool.status()`` at scrape time, so the pool
-  keeps its plain counters and nothing is duplicated: pool fill, reseeds,
+- :class:`PoolCollector` reads the typed ``pool.status()`` at scrape time, so
+  the pool keeps its plain counters and nothing is duplicated: pool fill, reseeds,
   reseed age, bytes generated and served by surface, health failures by
   test, source state, fail-closed refusals.  Every ``status_extras`` hook
   whose value is a mapping with a string ``"state"`` is exported as
@@ -20,20 +20,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from enum import StrEnum
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from entropy_appliance.core.pool import PoolState, SeedPool
+from entropy_appliance.core.pool import SeedPool
+from entropy_appliance.core.states import HealthTest, PoolState, SourceState
 
-__all__ = ["PoolCollector", "WebMetrics", "CONTENT_TYPE", "SOURCE_STATES"]
+__all__ = ["PoolCollector", "WebMetrics", "CONTENT_TYPE"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
-#: Every state the health tests report; each gets a 0/1 sample.
-SOURCE_STATES = ("startup", "ok", "failed")
+
+def _one_hot(name: str, documentation: str, states: type[StrEnum], current: StrEnum,
+             **labels: str) -> GaugeMetricFamily:
+    """
+    A 0/1 sample for every member of ``states``, 1 for ``current``: the
+    whole label set is always there, so a query for a state that is not
+    current finds 0 rather than nothing.
+    """
+    family = GaugeMetricFamily(name, documentation, labels=[*labels, "state"])
+    for each in states:
+        family.add_metric([*labels.values(), each.value], 1 if each is current else 0)
+    return family
 
 
 class PoolCollector(Collector):
@@ -47,79 +59,68 @@ class PoolCollector(Collector):
     def collect(self) -> Iterable[Any]:
         """Yield the metric families of one ``status()`` snapshot."""
         s = self._pool.status()
-        pool, drbg, source = s["pool"], s["drbg"], s["source"]
+        buffer, drbg, source, starved = s.buffer, s.drbg, s.source, s.starved
 
         yield GaugeMetricFamily("entropy_healthy", "1 while random bytes may be served, else 0.",
-                                value=1 if s["healthy"] else 0)
-        pool_state = GaugeMetricFamily(
-            "entropy_state", "1 for the appliance's current state (ok, starved, failed), else 0.",
-            labels=["state"])
-        for each in PoolState:
-            pool_state.add_metric([each.value], 1 if s["state"] == each.value else 0)
-        yield pool_state
-        starved = s["starved"]
+                                value=1 if s.healthy else 0)
+        yield _one_hot("entropy_state",
+                       "1 for the appliance's current state (ok, starved, failed), else 0.",
+                       PoolState, s.state)
         yield GaugeMetricFamily("entropy_starved_current_seconds",
                                 "Seconds starved without a break (0 when not starved).",
-                                value=starved["seconds"])
+                                value=starved.seconds)
         yield CounterMetricFamily("entropy_starved_seconds",
                                   "Seconds spent starved: healthy source, seed short for a due reseed.",
-                                  value=starved["total_seconds"])
+                                  value=starved.total_seconds)
         yield CounterMetricFamily("entropy_starved_waits",
                                   "Times a consumer waited for seed while starved.",
-                                  value=starved["waits"])
+                                  value=starved.waits)
         yield GaugeMetricFamily("entropy_pool_target_bytes",
                                 "The read-ahead target of the seed buffer, following demand.",
-                                value=pool["high_water_bytes"])
+                                value=buffer.high_water_bytes)
         yield GaugeMetricFamily("entropy_pool_fill_bytes", "Approved seed samples buffered.",
-                                value=pool["fill_bytes"])
+                                value=buffer.fill_bytes)
         yield GaugeMetricFamily("entropy_pool_fill_ratio", "Seed pool fill, 0..1 of its high-water mark.",
-                                value=pool["fill_percent"] / 100.0)
+                                value=buffer.fill_percent / 100.0)
         yield CounterMetricFamily("entropy_pool_seed_draws", "Seed draws from the pool.",
-                                  value=pool["seed_draws"])
+                                  value=buffer.seed_draws)
         yield CounterMetricFamily("entropy_pool_seed_draws_short",
                                   "Seed draws that found the pool too low.",
-                                  value=pool["seed_draws_short"])
+                                  value=buffer.seed_draws_short)
         yield CounterMetricFamily("entropy_drbg_reseeds", "Successful DRBG (re)seeds.",
-                                  value=drbg["reseeds"])
+                                  value=drbg.reseeds)
         yield CounterMetricFamily("entropy_drbg_reseed_failures",
                                   "Reseeds that were due and could not be done.",
-                                  value=drbg["reseed_failures"])
-        age = drbg["reseed_age_seconds"]
+                                  value=drbg.reseed_failures)
+        age = drbg.reseed_age_seconds
         yield GaugeMetricFamily("entropy_drbg_reseed_age_seconds",
                                 "Seconds since the last reseed (NaN before the first).",
                                 value=math.nan if age is None else age)
         yield GaugeMetricFamily("entropy_drbg_reseed_interval_seconds",
                                 "Longest time between reseeds.",
-                                value=drbg["reseed_interval_seconds"])
+                                value=drbg.reseed_interval_seconds)
         yield CounterMetricFamily("entropy_drbg_generated_bytes", "DRBG output bytes.",
-                                  value=drbg["bytes_generated"])
+                                  value=drbg.bytes_generated)
         served = CounterMetricFamily("entropy_served_bytes", "Random bytes served, by surface.",
                                      labels=["surface"])
-        for surface, n in sorted(s["served"].items()):
+        for surface, n in sorted(s.served.items()):
             served.add_metric([surface], n)
         yield served
         yield CounterMetricFamily("entropy_fail_closed_refusals",
                                   "Requests for random bytes refused while failing closed.",
-                                  value=s["fail_closed_refusals"])
+                                  value=s.fail_closed_refusals)
         yield CounterMetricFamily("entropy_source_read_bytes", "Raw bytes read from the source.",
-                                  value=source["bytes_read"])
+                                  value=source.bytes_read)
         yield CounterMetricFamily("entropy_source_errors", "Failed reads of the source.",
-                                  value=source["errors"])
+                                  value=source.errors)
         failures = CounterMetricFamily("entropy_health_failures",
                                        "SP 800-90B health test failures, by test.",
                                        labels=["test"])
-        for test, n in sorted(source["health_failures"].items()):
-            failures.add_metric([test], n)
+        for test in sorted(HealthTest):
+            failures.add_metric([test.value], source.health_failures.get(test, 0))
         yield failures
-        state = GaugeMetricFamily("entropy_source_state",
-                                  "1 for the source's current health state, else 0.",
-                                  labels=["source", "state"])
-        states = list(SOURCE_STATES)
-        if source["state"] not in states:
-            states.append(source["state"])
-        for name in states:
-            state.add_metric([source["name"], name], 1 if name == source["state"] else 0)
-        yield state
+        yield _one_hot("entropy_source_state", "1 for the source's current health state, else 0.",
+                       SourceState, source.state, source=source.name)
         yield from self._extra_states()
 
     def _extra_states(self) -> Iterable[Any]:
