@@ -174,7 +174,7 @@ class Options(EnvironmentOptions):
         self._workers()
 
     def _workers(self) -> None:
-        from entropy_appliance.app.workers import parse_ports
+        from entropy_appliance.app.workers import parse_worker_fds
 
         text = str(self["workers"]).strip().lower()
         if text == "auto":
@@ -192,7 +192,7 @@ class Options(EnvironmentOptions):
         self["workers"] = count
         if self["worker-fds"] is not None:
             try:
-                self["worker_ports"] = parse_ports(self["worker-fds"])
+                self["worker_ports"] = parse_worker_fds(self["worker-fds"])
                 self["worker-index"] = int(self["worker-index"] or 0)
             except ValueError as e:
                 raise usage.UsageError(f"--worker-fds: {e} (an internal option)") from None

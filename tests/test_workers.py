@@ -14,10 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.python import usage
+from twisted.python.failure import Failure
 
-from entropy_appliance.app.workers import InheritedPort, ParentWatch, encode_ports, parse_ports
+from entropy_appliance.app.workers import (
+    InheritedPort,
+    ParentWatch,
+    WorkerSupervisor,
+    encode_worker_fds,
+    parse_worker_fds,
+)
 from entropy_appliance.core.health import HealthTests
 from entropy_appliance.core.pool import PoolShort, ReseedPolicy, SeedPool
 from entropy_appliance.tap import Options
@@ -27,10 +35,10 @@ from tests.twistd_helpers import start_appliance
 
 def test_ports_round_trip() -> None:
     ports = [InheritedPort("stream", 5, "INET"), InheritedPort("https", 7, "INET6")]
-    assert parse_ports(encode_ports(ports)) == ports
+    assert parse_worker_fds(encode_worker_fds(ports)) == ports
     for bad in ["stream:x:INET", "stream:5:IPX", "stream:1:INET", "stream"]:
         with pytest.raises(ValueError):
-            parse_ports(bad)
+            parse_worker_fds(bad)
 
 
 def test_relay_pool_hands_out_each_sample_once_and_never_seeds_itself() -> None:
@@ -67,8 +75,59 @@ def test_parent_watch_stops_an_orphan() -> None:
     assert not stopped
     ppid[0] = 1
     clock.advance(1)
-    assert stopped
+    assert stopped == [True]
     watch.stopService()
+    clock.advance(10)
+    assert stopped == [True]  # no more checks once stopped
+
+
+class FakeProcess:
+    """What the supervisor keeps of a spawned worker."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.signals: list[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class ProcessClock(Clock):
+    """A clock that also spawns (fake) processes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[FakeProcess] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: list[str], env: Any,
+                     childFDs: Any) -> FakeProcess:
+        self.spawned.append(FakeProcess(len(self.spawned) + 100))
+        return self.spawned[-1]
+
+
+def test_a_dying_worker_restarts_after_a_growing_delay_that_a_healthy_minute_resets() -> None:
+    """Restart delays: 1 s, doubling up to 30 s; back to 1 s after a minute up."""
+    reactor = ProcessClock()
+    supervisor = WorkerSupervisor(reactor, 1, [], [], os.urandom, env={})
+    supervisor.startService()
+
+    def crash_after(seconds: float) -> float:
+        reactor.advance(seconds)
+        worker, _ = supervisor.workers[0]
+        worker.processEnded(Failure(ProcessTerminated(exitCode=1)))
+        assert 0 not in supervisor.workers
+        (restart,) = reactor.getDelayedCalls()
+        delay = restart.getTime() - reactor.seconds()
+        reactor.advance(delay)
+        assert 0 in supervisor.workers
+        return delay
+
+    assert [crash_after(0.5) for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert crash_after(61) == 1
+    assert crash_after(0.5) == 2
+    assert supervisor.restarts == 9 and len(reactor.spawned) == 10
+    supervisor.stopService()
+    assert reactor.spawned[-1].signals == ["TERM"]
 
 
 def _status(app_url: str) -> dict:  # type: ignore[type-arg]

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from twisted.application.internet import TimerService
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -39,15 +40,15 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from entropy_appliance.core.backoff import Backoff
 from entropy_appliance.core.pool import PoolShort
 
 __all__ = [
-    "InheritedPort", "encode_ports", "parse_ports", "HeldPort", "AdoptedPort",
+    "InheritedPort", "encode_worker_fds", "parse_worker_fds", "HeldPort", "AdoptedPort",
     "WorkerSupervisor", "ParentWatch", "TWISTD_MAIN",
 ]
 
@@ -56,6 +57,9 @@ TWISTD_MAIN = "from twisted.scripts.twistd import run; run()"
 
 #: Seed bytes written to a worker per pull; the pipe buffer bounds the rest.
 SEED_CHUNK = 4096
+
+#: Seconds a worker must have run for its next restart to wait the shortest time again.
+HEALTHY_UPTIME = 60.0
 
 #: The worker's own timestamp: ours already says when.
 _TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT[\d:]+[+-]\d{4} ")
@@ -76,13 +80,13 @@ class InheritedPort:
         return f"{self.kind}:{self.fd}:{self.family}"
 
 
-def encode_ports(ports: Sequence[InheritedPort]) -> str:
+def encode_worker_fds(ports: Sequence[InheritedPort]) -> str:
     """The ``--worker-fds`` value for ``ports``."""
     return ",".join(p.encode() for p in ports)
 
 
-def parse_ports(text: str) -> list[InheritedPort]:
-    """Parse a ``--worker-fds`` value; raises ValueError."""
+def parse_worker_fds(text: str) -> list[InheritedPort]:
+    """Parse a ``--worker-fds`` value (``kind:fd:family,...``); raises ValueError."""
     out = []
     for item in filter(None, text.split(",")):
         try:
@@ -285,7 +289,7 @@ class WorkerSupervisor(Service):
         self._executable = executable
         self._stop_timeout = stop_timeout
         self.workers: dict[int, tuple[_Worker, Any]] = {}
-        self._backoff: dict[int, float] = {}
+        self._backoff: dict[int, Backoff] = {}
         self._pending: dict[int, IDelayedCall] = {}
         self.restarts = 0
         self._stopping = False
@@ -320,7 +324,7 @@ class WorkerSupervisor(Service):
         ports = [h.inherited for h in self._held if h.inherited is not None]
         args = [self._executable, "-c", TWISTD_MAIN, "-n", "--pidfile=", "--logfile=-",
                 "entropy", *self._argv,
-                "--worker-fds", encode_ports(ports), "--worker-index", str(index)]
+                "--worker-fds", encode_worker_fds(ports), "--worker-index", str(index)]
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
         for p in ports:
             child_fds[p.fd] = p.fd
@@ -336,8 +340,10 @@ class WorkerSupervisor(Service):
         if self._stopping:
             return
         uptime = self.clock.seconds() - worker.started
-        delay = 1.0 if uptime > 60 else min(self._backoff.get(worker.index, 0.5) * 2, 30.0)
-        self._backoff[worker.index] = delay
+        backoff = self._backoff.setdefault(worker.index, Backoff(1.0, 30.0))
+        if uptime > HEALTHY_UPTIME:
+            backoff.reset()
+        delay = backoff.next()
         self.restarts += 1
         self.log.error("worker {index} ended ({why}) after {uptime:.1f} s; restarting in {delay:.0f} s",
                        index=worker.index, why=reason.getErrorMessage(), uptime=uptime, delay=delay)
@@ -396,34 +402,18 @@ class WorkerSupervisor(Service):
                 pass
 
 
-class ParentWatch(Service):
-    """A worker stops when its parent is gone (its ppid changes)."""
+class ParentWatch(TimerService):
+    """A worker stops when its parent is gone (its ppid changes); checked once a second."""
 
     def __init__(self, clock: IReactorTime, stop: Callable[[], object],
                  getppid: Callable[[], int] = os.getppid) -> None:
-        self._clock = clock
+        super().__init__(1.0, self._check)
+        self.clock = clock
         self._stop = stop
         self._getppid = getppid
         self._parent = getppid()
-        self._loop: LoopingCall | None = None
-
-    def startService(self) -> None:
-        """Check once a second."""
-        super().startService()
-        loop = LoopingCall(self._check)
-        loop.clock = self._clock
-        loop.start(1.0, now=False)
-        self._loop = loop
 
     def _check(self) -> None:
         if self._getppid() != self._parent:
             Logger().warn("the parent process is gone; stopping")
             self._stop()
-
-    def stopService(self) -> None:
-        """Stop checking."""
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-
