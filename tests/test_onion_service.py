@@ -1,128 +1,35 @@
 """
-The onion service in memory: keys, options, and the state machine of
-connecting to tor, adding the service, losing tor and coming back.
+The onion service in memory: listening on loopback, connecting to tor,
+adding the service, losing tor and coming back, stopping.
 
 Tor is played by a fake control protocol; time by ``MemoryReactorClock``.
+The decisions themselves are tested in ``test_onion_machine.py``; these
+tests check that the service carries them out against tor.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import os
-import stat
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from twisted.application.service import IService
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionLost, ConnectionRefusedError
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock
-from twisted.python import usage
 from twisted.python.failure import Failure
 from txtorcon import TorProtocolError
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.onion import (
-    Backoff,
-    OnionKey,
-    OnionKeyError,
-    OnionPort,
-    OnionService,
-    load_client_auth,
-    load_key,
-    load_or_create_key,
-    onion_address,
-    parse_key,
-    parse_ports,
-)
-
-# A key that tor 0.4.9 generated (ADD_ONION NEW:ED25519-V3) and the ServiceID
-# it reported for it.
-TOR_KEY = ("ED25519-V3:qHmghiJezPiCBdYiGQPkKOpR484FN1zsK006kq4vLW8yOu0+2fcODlSXGiD"
-           "Tz3qM4SEjROPEz5LpROUXnUvw+A==")
-TOR_SERVICE_ID = "gt7xxg5hh4rucst6nrecxjipwhmxkqydz54clsxoxlx3sfihl5pperad"
+from entropy_appliance.core.backoff import Backoff
+from entropy_appliance.onion import OnionKey, OnionPort, OnionService
 
 PORTS = [OnionPort(80, "http"), OnionPort(9000, "stream")]
-
-
-# --- keys -------------------------------------------------------------------
-
-
-def test_tor_generated_key_names_the_address_tor_reported() -> None:
-    key = parse_key(TOR_KEY.encode())
-    assert key.service_id == TOR_SERVICE_ID
-    assert key.address == TOR_SERVICE_ID + ".onion"
-    assert key.control_blob() == TOR_KEY
-    assert TOR_KEY not in repr(key)
-
-
-@settings(max_examples=25, deadline=None)
-@given(st.binary(min_size=32, max_size=32))
-def test_public_key_matches_cryptography(seed: bytes) -> None:
-    h = bytearray(hashlib.sha512(seed).digest())
-    h[0] &= 248
-    h[31] &= 127
-    h[31] |= 64
-    expected = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    assert OnionKey(bytes(h)).public_key == expected
-
-
-def test_address_format() -> None:
-    address = onion_address(bytes(32))
-    assert len(address) == 56 and address.endswith("d")  # version 3 in the last character
-    assert OnionKey.generate().service_id != OnionKey.generate().service_id
-
-
-def test_key_created_0600_then_reused(tmp_path: Any) -> None:
-    path = str(tmp_path / "certs" / "onion_ed25519.key")
-    key, created = load_or_create_key(path)
-    assert created
-    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    with open(path, "rb") as f:
-        data = f.read()
-    # tor's own hs_ed25519_secret_key format
-    assert data.startswith(b"== ed25519v1-secret: type0 ==\0\0\0") and len(data) == 96
-    again, created_again = load_or_create_key(path)
-    assert not created_again
-    assert again.address == key.address
-    assert [n for n in os.listdir(tmp_path / "certs")] == ["onion_ed25519.key"]
-
-
-def test_corrupt_key_is_an_error_and_is_kept(tmp_path: Any) -> None:
-    path = tmp_path / "k"
-    good = OnionKey.generate().file_bytes()
-    for bad in (b"", b"garbage", good[:-1], good[:32] + b"\xff" * 64, b"ED25519-V3:!!!"):
-        path.write_bytes(bad)
-        with pytest.raises(OnionKeyError, match="corrupt"):
-            load_or_create_key(str(path))
-        assert path.read_bytes() == bad
-
-
-def test_text_key_format_accepted(tmp_path: Any) -> None:
-    path = tmp_path / "k"
-    path.write_text("PrivateKey=" + TOR_KEY + "\n")
-    assert load_key(str(path)).service_id == TOR_SERVICE_ID
-
-
-# --- ports and client auth ----------------------------------------------------
-
-
-def test_parse_ports() -> None:
-    assert parse_ports("80:http,9000:stream") == PORTS
-    assert parse_ports(" 443:http ") == [OnionPort(443, "http")]
-    for bad in ("", "80", "80:ftp", "0:http", "70000:http", "80:http,80:stream", "x:http"):
-        with pytest.raises(ValueError):
-            parse_ports(bad)
 
 
 def _x25519_b32() -> str:
@@ -130,24 +37,6 @@ def _x25519_b32() -> str:
         serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b32encode(pub).decode().rstrip("=")
 
-
-def test_client_auth_dir(tmp_path: Any) -> None:
-    a, b = _x25519_b32(), _x25519_b32()
-    (tmp_path / "alice.auth").write_text(f"descriptor:x25519:{a}\n")
-    (tmp_path / "bob.auth").write_text(f"descriptor:x25519:{b.lower()}")
-    (tmp_path / "README").write_text("not a key")
-    assert load_client_auth(str(tmp_path)) == [a, b]
-    (tmp_path / "carol.auth").write_text("descriptor:x25519:AAAA")
-    with pytest.raises(ValueError, match="carol.auth"):
-        load_client_auth(str(tmp_path))
-
-
-def test_client_auth_empty_dir_refused(tmp_path: Any) -> None:
-    with pytest.raises(ValueError, match="no .auth files"):
-        load_client_auth(str(tmp_path))
-
-
-# --- the state machine ----------------------------------------------------------
 
 
 class FakeTransport:
@@ -501,48 +390,65 @@ def test_missing_target_factory_is_refused() -> None:
         service.startService()
 
 
-# --- options ------------------------------------------------------------------
+
+def test_lost_while_adding_retries_and_ignores_the_late_reply(setup: Setup) -> None:
+    reactor, connector, service, key = setup
+    service.startService()
+    control = connector.accept()
+    assert control.pending()[0].startswith("ADD_ONION ")
+    control.drop()
+    assert service.status()["state"] == "failed"
+    assert "lost the control connection" in service.status()["detail"]
+    # tor's answer to the old connection's ADD_ONION arrives after all
+    control.answer(f"ServiceID={key.service_id}")
+    assert service.status()["state"] == "failed"
+    assert service.status()["address"] is None
+    reactor.advance(1)
+    _add_onion(connector.accept(), key)
+    assert service.status()["address"] == key.address
 
 
-def _options(args: list[str]) -> Any:
-    from entropy_appliance.tap import Options
+class AnsweringControl(FakeControl):
+    """A tor whose every reply is already there when the command is sent."""
 
-    o = Options()
-    o.parseOptions(["--source", "kernel", *args])
-    return o
+    def __init__(self, service_id: str) -> None:
+        super().__init__()
+        self.service_id = service_id
 
-
-def test_options_default_off() -> None:
-    assert _options([])["onion"] is False
-
-
-def test_options_missing_tor_binary_is_a_clear_error(tmp_path: Any) -> None:
-    with pytest.raises(usage.UsageError, match="apt install tor"):
-        _options(["--onion", "--tor-binary", str(tmp_path / "no-tor"),
-                  "--onion-key", str(tmp_path / "k")])
+    def queue_command(self, cmd: str | bytes, arg: Any = None) -> Deferred[str]:
+        d = super().queue_command(cmd, arg)
+        self.answer(f"ServiceID={self.service_id}")
+        return d
 
 
-def test_options_corrupt_key_is_a_clear_error(tmp_path: Any) -> None:
-    (tmp_path / "k").write_bytes(b"not a key")
-    with pytest.raises(usage.UsageError, match="corrupt"):
-        _options(["--onion", "--tor-control", "unix:/run/tor/control", "--onion-key", str(tmp_path / "k")])
-    assert (tmp_path / "k").read_bytes() == b"not a key"
+class ImmediateConnector(FakeConnector):
+    """Refuses at once the first time, then connects at once."""
+
+    def __init__(self, service_id: str) -> None:
+        super().__init__()
+        self.service_id = service_id
+
+    def connect(self) -> Deferred[Any]:
+        self.attempts.append(Deferred())
+        if len(self.attempts) == 1:
+            return fail(ConnectionRefusedError())
+        return succeed(AnsweringControl(self.service_id))
 
 
-def test_options_bad_values(tmp_path: Any) -> None:
-    key = ["--onion-key", str(tmp_path / "k"), "--tor-control", "unix:/x"]
-    with pytest.raises(usage.UsageError, match="--onion-ports"):
-        _options(["--onion", "--onion-ports", "80:gopher", *key])
-    with pytest.raises(usage.UsageError, match="--tor-control"):
-        _options(["--onion", "--onion-key", str(tmp_path / "k"), "--tor-control", "carrier-pigeon:9"])
-    with pytest.raises(usage.UsageError, match="--onion-client-auth"):
-        _options(["--onion", "--onion-client-auth", str(tmp_path), *key])
-
-
-def test_options_valid(tmp_path: Any) -> None:
-    (tmp_path / "pw").write_text("secret\n")
-    o = _options(["--onion", "--onion-ports", "80:http", "--tor-control", "tcp:127.0.0.1:9051",
-                  "--tor-password-file", str(tmp_path / "pw"), "--onion-key", str(tmp_path / "k")])
-    assert o["onion-ports"] == [OnionPort(80, "http")]
-    assert o["tor-password"] == "secret"
-    assert not (tmp_path / "k").exists()  # created by makeService, not by parsing
+def test_answers_that_come_at_once_are_taken_in_order() -> None:
+    reactor = Reactor()
+    key = OnionKey.generate()
+    connector = ImmediateConnector(key.service_id)
+    service = OnionService(reactor, connector, key, PORTS, {"http": Factory(), "stream": Factory()},
+                           attempt_timeout=30, backoff=Backoff(initial=1, maximum=8))
+    service.startService()
+    # The refusal wins over the attempt's own timeout: retry in 1 s, not 30.
+    assert service.status()["state"] == "failed"
+    assert service.status()["retry_in"] == 1
+    reactor.advance(1)
+    assert len(connector.attempts) == 2
+    assert service.status()["address"] == key.address
+    assert "accepted" in service.status()["detail"]
+    reactor.advance(100)  # the cancelled timeout does not fire
+    assert service.status()["state"] == "starting"
+    assert len(connector.attempts) == 2
