@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from entropy_fetch.connect import make_connector
 from entropy_fetch.errors import EXIT_FAILURE, EXIT_USAGE, FetchError, ShortRead, reason
@@ -110,6 +110,17 @@ def _parser(stream: IO[str]) -> argparse.ArgumentParser:
     return p
 
 
+_T = TypeVar("_T")
+
+
+def _parse_option(p: argparse.ArgumentParser, option: str, parse: Callable[[str], _T], text: str) -> _T:
+    """``parse(text)``, or a usage error (exit 2) that names the option."""
+    try:
+        return parse(text)
+    except ValueError as e:
+        p.error(f"{option}: {e}")
+
+
 @dataclass(frozen=True)
 class _Plan:
     """The command line, checked: everything a run needs."""
@@ -127,27 +138,16 @@ def _plan(p: argparse.ArgumentParser, a: argparse.Namespace) -> _Plan:
         target = parse_target(a.url)
     except ValueError as e:
         p.error(str(e))
-    try:
-        n = parse_size(a.bytes)
-    except ValueError as e:
-        p.error(f"--bytes: {e}")
+    n = _parse_option(p, "--bytes", parse_size, a.bytes)
     if not 1 <= n <= BYTES_MAX:
         p.error("--bytes must be between 1 and 1T")
-    socks = None
-    if a.socks:
-        try:
-            socks = parse_hostport(a.socks)
-        except ValueError as e:
-            p.error(f"--socks: {e}")
-    elif target.is_onion:
+    socks = _parse_option(p, "--socks", parse_hostport, a.socks) if a.socks else None
+    if socks is None and target.is_onion:
         p.error(f"{target.host} is an onion address: give --socks HOST:PORT "
                 "(tor's SOCKS port, usually 127.0.0.1:9050)")
     fingerprint = None
     if a.fingerprint:
-        try:
-            fingerprint = parse_fingerprint(a.fingerprint)
-        except ValueError as e:
-            p.error(f"--fingerprint: {e}")
+        fingerprint = _parse_option(p, "--fingerprint", parse_fingerprint, a.fingerprint)
     if (a.cacert or fingerprint) and target.scheme != "https":
         p.error("--cacert and --fingerprint need an https:// URL")
     if a.pollen and target.scheme == "tcp":
@@ -169,10 +169,7 @@ def _plan(p: argparse.ArgumentParser, a: argparse.Namespace) -> _Plan:
             p.error("--format applies to output, and --seed-kernel writes none")
         if n > SEED_MAX:
             p.error("--seed-kernel takes at most 1M bytes: the kernel pool holds 256 bits")
-    try:
-        request_max = parse_size(a.request_size)
-    except ValueError as e:
-        p.error(str(e))
+    request_max = _parse_option(p, "--request-size", parse_size, a.request_size)
     if not a.timeout > 0:
         p.error("--timeout must be more than 0 seconds")
     return _Plan(target, n, socks, TlsConfig(a.cacert, fingerprint), credit, max(1, request_max))
