@@ -10,12 +10,18 @@ transition is tested with plain calls and made-up times.
 
 ::
 
-    idle --start--> connecting --connected--> adding --added--> added --uploaded--> published
-                        |  ^                    |  (collision: replace once)  |           |
-       failure, timeout |  | timer              | failure, timeout, lost      | lost      | lost
-                        v  |                    v                             v           v
-                      backoff <-------------------------------------------------------------
-    any --stop--> stopping --stopped--> stopped --start--> connecting
+    idle -start-> connecting -connected-> adding -added-> added -uploaded-> published
+                    ^     |                 |                |                  |
+              timer |     | failed,         | failed,        | lost             | lost
+                    |     | timeout         | timeout, lost  |                  |
+                    |     v                 v                v                  v
+                    +-- backoff <-----------+----------------+------------------+
+
+    any -stop-> stopping -stopped-> stopped -start-> connecting
+
+A collision (tor already has the key) while adding replaces tor's service
+once; a second one is a failure.  ``uploaded`` while adding is remembered,
+and ``added`` then goes straight to published.
 
 Each connection attempt has a number; an input about an older attempt (a
 late reply, the drop of a connection already given up) changes nothing.
