@@ -61,7 +61,7 @@ def _options(args: list[str]) -> Any:
 
 
 def test_options_default_off() -> None:
-    assert _options([])["onion"] is False
+    assert _options([]).config.onion is None
 
 
 def test_options_missing_tor_binary_is_a_clear_error(tmp_path: Any) -> None:
@@ -91,6 +91,9 @@ def test_options_valid(tmp_path: Any) -> None:
     (tmp_path / "pw").write_text("secret\n")
     o = _options(["--onion", "--onion-ports", "80:http", "--tor-control", "tcp:127.0.0.1:9051",
                   "--tor-password-file", str(tmp_path / "pw"), "--onion-key", str(tmp_path / "k")])
-    assert o["onion-ports"] == [OnionPort(80, "http")]
-    assert o["tor-password"] == "secret"
+    onion = o.config.onion
+    assert onion.ports == (OnionPort(80, "http"),)
+    assert onion.tor_control == "tcp:127.0.0.1:9051"
+    assert onion.tor_password == "secret"
+    assert "secret" not in repr(onion)
     assert not (tmp_path / "k").exists()  # created by makeService, not by parsing
