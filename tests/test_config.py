@@ -39,30 +39,30 @@ def test_variable_names() -> None:
 
 
 def test_a_parameter_from_the_environment() -> None:
-    o = parse({"ENTROPY_RESEED_BITS": "512", "ENTROPY_SOURCE": "kernel", "ENTROPY_HTTPS": "none"})
-    assert o["policy"].bits == 512
-    assert o["source_spec"].kind == "kernel"
-    assert o["https_listen"] == [] and o["https"] == []
+    c = parse({"ENTROPY_RESEED_BITS": "512", "ENTROPY_SOURCE": "kernel", "ENTROPY_HTTPS": "none"}).config
+    assert c.policy.bits == 512
+    assert c.source.kind == "kernel"
+    assert c.https == ()
 
 
 def test_the_command_line_wins_over_the_environment() -> None:
     o = parse({"ENTROPY_RESEED_BITS": "512", "ENTROPY_STREAM": "tcp:1:interface=127.0.0.1"},
               *BASE, "--reseed-bits", "1024", "--stream=tcp:2:interface=127.0.0.1")
-    assert o["policy"].bits == 1024
-    assert o["stream"] == ["tcp:2:interface=127.0.0.1"]
+    assert o.config.policy.bits == 1024
+    assert o.config.stream == ("tcp:2:interface=127.0.0.1",)
 
 
 def test_defaults_apply_when_neither_gives_a_value() -> None:
-    o = parse({}, *BASE)
-    assert o["policy"].bits == 384
-    assert o["stream"] == ["tcp:9000"]
+    c = parse({}, *BASE).config
+    assert c.policy.bits == 384
+    assert c.stream == ("tcp:9000",)
 
 
 def test_repeatable_options_take_a_whitespace_separated_list() -> None:
     o = parse({"ENTROPY_STREAM": " tcp:9000:interface=127.0.0.1\n  unix:/run/entropy-stream.sock ",
                "ENTROPY_HTTP": "none"}, *BASE)
-    assert o["stream"] == ["tcp:9000:interface=127.0.0.1", "unix:/run/entropy-stream.sock"]
-    assert o["http"] == []
+    assert o.config.stream == ("tcp:9000:interface=127.0.0.1", "unix:/run/entropy-stream.sock")
+    assert o.config.http == ()
 
 
 @pytest.mark.parametrize(("env", "no_h2"), [
@@ -75,11 +75,11 @@ def test_repeatable_options_take_a_whitespace_separated_list() -> None:
     ({}, False),
 ])
 def test_negated_flag_both_ways(env: dict[str, str], no_h2: bool) -> None:
-    assert bool(parse(env, *BASE)["no-h2"]) is no_h2
+    assert parse(env, *BASE).config.tls.h2 is not no_h2
 
 
 def test_the_command_line_flag_wins() -> None:
-    assert parse({"ENTROPY_H2": "1"}, *BASE, "--no-h2")["no-h2"]
+    assert not parse({"ENTROPY_H2": "1"}, *BASE, "--no-h2").config.tls.h2
 
 
 def test_a_positive_flag_from_the_environment() -> None:
@@ -118,7 +118,7 @@ def test_bad_limits_from_the_environment() -> None:
 
 def test_empty_values_count_as_unset() -> None:
     o = parse({"ENTROPY_RESEED_BITS": "", "ENTROPY_HTTPS": " "}, "--source", "kernel", "--https", "none")
-    assert o["policy"].bits == 384
+    assert o.config.policy.bits == 384
 
 
 def test_unknown_variables_warn_and_the_units_own_pass_quietly() -> None:
@@ -128,7 +128,7 @@ def test_unknown_variables_warn_and_the_units_own_pass_quietly() -> None:
     assert o.env_warnings == [
         "ENTROPY_RESEED_BTIS is not an option of this appliance and is ignored; "
         "see --help for the ENTROPY_* variables"]
-    assert o["policy"].bits == 384
+    assert o.config.policy.bits == 384
 
 
 def test_an_option_added_later_is_covered_without_changes() -> None:

@@ -71,16 +71,22 @@ def test_parse_ssl_endpoint() -> None:
 
 def test_tap_generates_default_certificate_on_first_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from entropy_appliance.app.build import makeService
+
     monkeypatch.chdir(tmp_path)
     o = Options()
     o.parseOptions(["--source", "kernel", "--stream", "none", "--http", "tcp:0", "--https", "ssl:0"])
+    assert not (tmp_path / "certs").exists()  # parsing writes nothing
+    makeService(o.config, MemoryReactorClock())
     assert (tmp_path / "certs" / "server.key").exists() and (tmp_path / "certs" / "server.pem").exists()
-    (spec, material, generated), = o["https_listen"]
-    assert generated and spec.port == 0
+    pem = (tmp_path / "certs" / "server.pem").read_bytes()
     o = Options()
     o.parseOptions(["--source", "kernel", "--stream", "none", "--https", "ssl:0"])
-    assert o["https_listen"][0][2] is False
-    assert o["http"] == ["tcp:8080"] and o["max-bytes"] == 1024**3
+    makeService(o.config, MemoryReactorClock())
+    assert (tmp_path / "certs" / "server.pem").read_bytes() == pem  # kept, not generated again
+    assert o.config.http == ("tcp:8080",) and o.config.max_bytes == 1024**3
 
 
 @pytest.mark.parametrize("args,message", [
@@ -102,5 +108,5 @@ def test_tap_none_disables_web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir(tmp_path)
     o = Options()
     o.parseOptions(["--source", "kernel", "--stream", "none", "--http", "none", "--https", "none"])
-    assert o["http"] == [] and o["https_listen"] == []
+    assert o.config.http == () and o.config.https == ()
     assert not (tmp_path / "certs").exists()

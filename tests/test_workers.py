@@ -227,14 +227,14 @@ def test_workers_auto_is_one_per_core(monkeypatch: pytest.MonkeyPatch, tmp_path:
                                       cores: int | None, given: str, expected: int) -> None:
     """``--workers auto`` becomes the usable core count (at most 64); a number stays that number."""
     options = parse_workers(monkeypatch, tmp_path, cores, ["--workers", given])
-    assert options["workers"] == expected
+    assert options.config.workers == expected
 
 
 def test_workers_auto_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """ENTROPY_WORKERS=auto is resolved like the option, and the option wins over it."""
-    assert parse_workers(monkeypatch, tmp_path, 4, [], {"ENTROPY_WORKERS": "auto"})["workers"] == 4
+    assert parse_workers(monkeypatch, tmp_path, 4, [], {"ENTROPY_WORKERS": "auto"}).config.workers == 4
     assert parse_workers(monkeypatch, tmp_path, 4, ["--workers", "2"],
-                         {"ENTROPY_WORKERS": "auto"})["workers"] == 2
+                         {"ENTROPY_WORKERS": "auto"}).config.workers == 2
 
 
 @pytest.mark.parametrize("given", ["0", "65", "-1", "many", "auto4", ""])

@@ -1,0 +1,314 @@
+"""
+The composition root: :func:`makeService` builds the service tree of one
+process from a :class:`~entropy_appliance.app.options.Config`.
+
+There is one function per role:
+
+- :func:`build_single`: one process reads the source and serves.
+- :func:`build_parent` (``--workers N``, N > 1): reads the source, holds
+  every listening socket without accepting, and relays health-tested seed to
+  N worker processes (:mod:`~entropy_appliance.app.workers`).
+- :func:`build_worker`: reads seed from its stdin, serves on the sockets it
+  inherited.
+
+Every service joins the tree in a named phase of
+:mod:`~entropy_appliance.app.lifecycle`, which fixes the stop order.  The
+side effects that options must not have happen here: ``--source auto`` is
+resolved (and logged when the pipeline starts), the self-signed TLS pair and
+the onion key are created if missing.  Listeners are endpoint strings, and
+ONE Site serves every HTTP, HTTPS and onion endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from entropy_appliance.app.lifecycle import Lifecycle
+from entropy_appliance.app.options import Config, tls_pairs
+from entropy_appliance.app.pipeline import CoreService, build_core
+from entropy_appliance.app.signals import GracefulStop, ReloadService
+from entropy_appliance.net import tls
+from entropy_appliance.net.limits import PeerGuard
+from entropy_appliance.net.stream import StreamFactory
+from entropy_appliance.source.detection import detect
+from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, DeviceSource, SourceSpec, open_source
+
+if TYPE_CHECKING:
+    from entropy_appliance.onion import OnionService
+
+__all__ = ["makeService", "build_single", "build_parent", "build_worker", "Serving"]
+
+_log = Logger()
+
+
+def makeService(config: Config, reactor: Any = None) -> Lifecycle:
+    """The service tree for ``config``'s role; ``reactor`` defaults to the global one."""
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    role: Callable[[Config, Any], Lifecycle] = {
+        "single": build_single, "parent": build_parent, "worker": build_worker,
+    }[config.role]
+    return role(config, reactor)
+
+
+# -- the roles -------------------------------------------------------------------
+
+
+def build_single(config: Config, reactor: Any) -> Lifecycle:
+    """One process: read the source and serve every endpoint."""
+    tree = Lifecycle()
+    spec, detected, min_entropy = _resolve_source(config)
+    core = build_core(reactor, open_source(spec), min_entropy=min_entropy, policy=config.policy,
+                      alpha=config.alpha, detected=detected)
+    tree.add("pipeline", core, "pipeline")
+    serving = _serve(config, reactor, tree, core, publish_onion=True)
+    for kind, description, endpoint in _listening_endpoints(config, reactor, serving.tls):
+        tree.add("listeners", _Listener(endpoint, serving.factory(kind), kind, description))
+    _notify(tree, core, reactor)
+    return tree
+
+
+def build_parent(config: Config, reactor: Any) -> Lifecycle:
+    """
+    The parent of ``config.workers`` workers: the only reader of the source.
+    It listens on every endpoint but never accepts; the workers inherit the
+    sockets, and the command line with ``--source`` resolved.
+    """
+    from entropy_appliance.app.workers import HeldPort, WorkerSupervisor
+    from entropy_appliance.core.health import failing_run
+
+    tree = Lifecycle()
+    spec, detected, min_entropy = _resolve_source(config)
+    core = build_core(reactor, open_source(spec), min_entropy=min_entropy, policy=config.policy,
+                      alpha=config.alpha, detected=detected, serving=False)
+    tree.add("pipeline", core, "pipeline")
+    contexts = _tls_contexts(config)
+    held = [HeldPort(endpoint, kind) for kind, _, endpoint in _listening_endpoints(config, reactor, contexts)]
+    for port in held:
+        tree.add("listeners", port)
+    argv = list(config.argv)
+    if config.source.kind == "auto":
+        # Each worker tests the seed against the same source kind and min-entropy.
+        argv += ["--source", _source_text(spec)]
+    pool = core.pool
+    supervisor = WorkerSupervisor(reactor, config.workers, argv, held, pool.take_seed,
+                                  failure_mark=bytes(failing_run(min_entropy, config.alpha)))
+    pool.on_failure(lambda _: supervisor.source_failed())
+    tree.add("workers", supervisor, "workers")
+    tree.add("signals", ReloadService(reactor, _unique(c for _, c in contexts),
+                                      forward=lambda: supervisor.signal_all("HUP")), "reload")
+    _notify(tree, core, reactor)
+    return tree
+
+
+def build_worker(config: Config, reactor: Any) -> Lifecycle:
+    """
+    A worker: health-test the seed its parent writes to stdin, and serve on
+    the listening sockets it inherited.  Worker 0 publishes the onion
+    service, if any.
+    """
+    from entropy_appliance.app.workers import AdoptedPort, ParentWatch
+
+    assert config.worker is not None
+    tree = Lifecycle()
+    spec, _, min_entropy = _resolve_source(config)
+    source = DeviceSource("/proc/self/fd/0", spec.kind)
+    source.name = f"{spec.name} (via parent)"
+    core = build_core(reactor, source, min_entropy=min_entropy, policy=config.policy,
+                      alpha=config.alpha)
+    tree.add("pipeline", core, "pipeline")
+    index, pid = config.worker.index, os.getpid()
+    worker_status = {"worker": lambda: {"index": index, "pid": pid, "of": config.workers}}
+    serving = _serve(config, reactor, tree, core, publish_onion=index == 0, extras=worker_status)
+    inherited = list(config.worker.ports)
+    https = iter(serving.tls)
+    for kind in _kinds(config):
+        mine = next((p for p in inherited if p.kind == kind), None)
+        if mine is None:
+            raise ValueError(f"the parent handed this worker no {kind} socket")
+        inherited.remove(mine)
+        factory = serving.factory(kind)
+        if kind == "https":
+            # The parent's ssl: socket is a plain TCP socket to us.
+            factory = TLSMemoryBIOFactory(next(https)[1], False, factory)
+        tree.add("listeners", AdoptedPort(reactor, mine, factory))
+    tree.add("signals", ParentWatch(reactor, reactor.stop), "parent-watch")
+    return tree
+
+
+# -- what a serving process serves ---------------------------------------------
+
+
+@dataclass
+class Serving:
+    """The factories a serving process listens with, and the TLS endpoints."""
+
+    stream: Any
+    http: Any
+    tls: list[tuple[tls.SSLEndpointSpec, tls.ReloadableContextFactory]]
+    site: Any
+    web: Any
+
+    def factory(self, kind: str) -> Any:
+        """The protocol factory for ``kind``: the raw stream, or the one Site (for http and https)."""
+        return self.stream if kind == "stream" else self.http
+
+
+def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, publish_onion: bool,
+           extras: dict[str, Callable[[], Any]] | None = None) -> Serving:
+    """
+    Build what a serving process serves, behind the per-peer limits: the raw
+    stream, ONE Site, the drain on stop, the SIGHUP reload and (if
+    ``publish_onion``) the onion service.
+    """
+    from entropy_appliance.web import EntropyWeb
+    from entropy_appliance.web.limits import limit_site
+
+    pool = core.pool
+    guard = PeerGuard(config.peers, reactor)
+    stream_factory = StreamFactory(pool)
+    tree.add("drain", GracefulStop(guard.inflight, reactor, config.shutdown_timeout,
+                                   close_streams=stream_factory.close_all,
+                                   close_http=guard.close_http), "drain")
+    status_extras = dict(extras or {})
+    onion_targets: dict[str, Any] = {"stream": stream_factory}
+    onion = _onion_service(config, reactor, onion_targets) if publish_onion else None
+    if onion is not None:
+        # /v1/status shows the onion service; it is given the Site below.
+        status_extras["onion"] = onion.status
+    web = EntropyWeb(pool, reactor, listeners=[*config.http, *config.https],
+                     max_bytes=config.max_bytes, status_extras=status_extras or None,
+                     seed_wait=config.seed_wait)
+    site = web.site(h2=config.tls.h2, timeout=config.peers.idle_timeout or None)
+    http = limit_site(site, guard, observe=web.observe)
+    if onion is not None:
+        onion_targets["http"] = site
+        tree.add("onion", onion, "onion")
+    contexts = _tls_contexts(config)
+    tree.add("signals", ReloadService(reactor, _unique(c for _, c in contexts)), "reload")
+    return Serving(stream=guard.wrap_stream(stream_factory), http=http,
+                   tls=contexts, site=site, web=web)
+
+
+def _onion_service(config: Config, reactor: Any, targets: dict[str, Any]) -> OnionService | None:
+    """The onion service, its key created on first run; None without ``--onion``."""
+    onion = config.onion
+    if onion is None:
+        return None
+    from entropy_appliance.onion import LaunchedTor, OnionService, SharedTor, TorConnector, load_or_create_key
+
+    key, created = load_or_create_key(onion.key)
+    if created:
+        _log.warn("created a new onion key {path} for {address}; back it up: it is the address",
+                  path=onion.key, address=key.address)
+    connector: TorConnector
+    if onion.tor_control is not None:
+        password = onion.tor_password
+        connector = SharedTor(clientFromString(reactor, onion.tor_control), onion.tor_control,
+                              password=(lambda: password) if password else None)
+    else:
+        assert onion.tor_binary is not None
+        connector = LaunchedTor(reactor, onion.tor_binary, data_dir=onion.tor_data_dir,
+                                extra_config=onion.tor_config)
+    return OnionService(reactor, connector, key, onion.ports, targets, client_auth=onion.client_auth)
+
+
+def _notify(tree: Lifecycle, core: CoreService, reactor: Any) -> None:
+    """READY=1 once listening and seeded, STATUS= while running, STOPPING=1 first on stop."""
+    from entropy_appliance.app.systemd import NotifyService
+    from entropy_appliance.net.waiting import when_ready
+
+    pool = core.pool
+    tree.add("notify", NotifyService(pool.status, reactor, ready=lambda: when_ready(pool)), "notify")
+
+
+# -- sources, endpoints, TLS -------------------------------------------------------
+
+
+def _resolve_source(config: Config) -> tuple[SourceSpec, bool, float]:
+    """The source to read (``auto`` probed now), whether it was probed, and its min-entropy."""
+    spec = config.source
+    detected = spec.kind == "auto"
+    if detected:
+        spec = detect()
+    min_entropy = config.min_entropy if config.min_entropy is not None else DEFAULT_MIN_ENTROPY[spec.kind]
+    return spec, detected, min_entropy
+
+
+def _source_text(spec: SourceSpec) -> str:
+    """The ``--source`` value that names a resolved ``spec``."""
+    return spec.kind if spec.path is None else f"device:{spec.path}"
+
+
+def _kinds(config: Config) -> list[str]:
+    """The kind of each listener, in the order parent and worker both use."""
+    return (["stream"] * len(config.stream) + ["http"] * len(config.http)
+            + ["https"] * len(config.https))
+
+
+def _listening_endpoints(config: Config, reactor: Any,
+                         contexts: list[tuple[tls.SSLEndpointSpec, tls.ReloadableContextFactory]],
+                         ) -> list[tuple[str, str, IStreamServerEndpoint]]:
+    """(kind, description, endpoint) of every listener, in :func:`_kinds` order."""
+    out = [("stream", d, serverFromString(reactor, d)) for d in config.stream]
+    out += [("http", d, serverFromString(reactor, d)) for d in config.http]
+    out += [("https", d, tls.ssl_endpoint(reactor, spec, factory))
+            for d, (spec, factory) in zip(config.https, contexts, strict=True)]
+    return out
+
+
+def _tls_contexts(config: Config) -> list[tuple[tls.SSLEndpointSpec, tls.ReloadableContextFactory]]:
+    """
+    One TLS context factory per key/certificate pair (SIGHUP reloads it),
+    paired with each HTTPS endpoint; the self-signed pair is created first
+    if the configuration asks for it and it does not exist yet.
+    """
+    pairs = tls_pairs(config.tls, config.https)
+    if None in pairs:
+        tls.generate_self_signed(config.tls.key, config.tls.cert)
+        _log.warn("generated a self-signed TLS certificate {cert} (key {key}, mode 0600)",
+                  cert=config.tls.cert, key=config.tls.key)
+        pairs = tls_pairs(config.tls, config.https)
+    factories: dict[tuple[str, str], tls.ReloadableContextFactory] = {}
+    out = []
+    for description, pair in zip(config.https, pairs, strict=True):
+        assert pair is not None
+        spec = tls.parse_https_endpoint(description)
+        factory = factories.get(pair)
+        if factory is None:
+            factory = factories[pair] = tls.ReloadableContextFactory(tls.load_material(*pair),
+                                                                     h2=config.tls.h2)
+        material = factory.material
+        _log.info("HTTPS on {where}: certificate {cert} SHA-256 fingerprint {fp}",
+                  where=spec.describe(), cert=material.cert_path, fp=tls.fingerprint(material.certificate))
+        out.append((spec, factory))
+    return out
+
+
+def _unique(factories: Any) -> list[tls.ReloadableContextFactory]:
+    """Each factory once, in order."""
+    out: list[tls.ReloadableContextFactory] = []
+    for f in factories:
+        if f not in out:
+            out.append(f)
+    return out
+
+
+class _Listener(StreamServerEndpointService):
+    """Listens on one endpoint; knows its kind and the description it came from."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, factory: Any, kind: str, description: str) -> None:
+        super().__init__(endpoint, factory)
+        self.kind = kind
+        self.description = description

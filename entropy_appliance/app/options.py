@@ -1,0 +1,568 @@
+"""
+``twistd entropy`` options: parsed and validated into a frozen :class:`Config`.
+
+:data:`SETTINGS` is the one table of options: name, default (as a person
+types it) and help.  The option parser, ``--help``, the README's table of
+``ENTROPY_*`` variables and the systemd unit all follow it (a test checks the
+last two).  Where a library module owns a default (the reseed policy, the
+per-peer limits, the TLS paths...), the table takes it from there.
+
+:class:`Options` reads the command line and the environment
+(:mod:`~entropy_appliance.app.environment`), then ``postOptions`` only
+validates: every bad value is a ``UsageError`` with a sentence a person can
+act on, and the result is :attr:`Options.config`.  Validation reads files
+(a TLS pair, an onion key) but writes nothing, and it resolves no reactor:
+``--source auto`` is resolved, and keys and certificates are created, by
+:func:`entropy_appliance.app.build.makeService`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+from twisted.python import usage
+
+from entropy_appliance.app.environment import EnvironmentOptions
+from entropy_appliance.app.signals import DEFAULT_SHUTDOWN_TIMEOUT
+from entropy_appliance.core.health import DEFAULT_ALPHA
+from entropy_appliance.core.peers import PeerPolicy
+from entropy_appliance.core.pool import MIN_RESEED_BYTES, ReseedPolicy
+from entropy_appliance.core.units import parse_size
+from entropy_appliance.net import tls
+from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, SourceSpec, parse_source
+from entropy_appliance.web.app import DEFAULT_MAX_BYTES, DEFAULT_SEED_WAIT
+
+if TYPE_CHECKING:
+    from entropy_appliance.app.workers import InheritedPort
+    from entropy_appliance.onion import OnionPort
+
+__all__ = [
+    "Setting", "SETTINGS", "DEFAULTS", "Role",
+    "TLSConfig", "OnionConfig", "WorkerConfig", "Config", "Options", "parse_config",
+]
+
+Role = Literal["single", "parent", "worker"]
+
+#: The most serving processes ``--workers`` accepts.
+MAX_WORKERS = 64
+
+
+def _size_text(n: int) -> str:
+    """``67108864`` -> ``64M``: the largest binary suffix that divides ``n``."""
+    for suffix, unit in (("T", 1024 ** 4), ("G", 1024 ** 3), ("M", 1024 ** 2), ("K", 1024)):
+        if n and n % unit == 0:
+            return f"{n // unit}{suffix}"
+    return str(n)
+
+
+def _alpha_text(alpha: float) -> str:
+    """``2.0**-30`` -> ``2**-30``, as ``--health-alpha`` is usually written."""
+    exponent = math.log2(alpha)
+    return f"2**{exponent:.0f}" if exponent == round(exponent) else repr(alpha)
+
+
+def _by_kind(defaults: Mapping[str, float]) -> str:
+    """``kernel 8, quantis 7, hwrng/chaoskey/device 1``: kinds grouped by their value."""
+    groups: dict[float, list[str]] = {}
+    for kind, value in defaults.items():
+        groups.setdefault(value, []).append(kind)
+    return ", ".join(f"{'/'.join(kinds)} {value:g}" for value, kinds in groups.items())
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    One option.  ``kind``: ``value`` takes an argument, ``list`` is a
+    repeatable endpoint, ``flag`` takes none.  ``default`` is the text a
+    person would type (None: no default, or one the help explains).
+    """
+
+    name: str
+    default: str | None
+    help: str
+    kind: Literal["value", "list", "flag"] = "value"
+
+    @property
+    def internal(self) -> bool:
+        """Passed by the parent process to its workers; not for people."""
+        return self.help.startswith("(internal)")
+
+
+_POLICY = ReseedPolicy()
+_PEERS = PeerPolicy()
+
+#: Every option of the appliance, with its default: the one place a default is written.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("source", "auto",
+            "Entropy source: auto (probe /dev/qrandom*, /dev/hwrng, /dev/chaoskey*, "
+            "else the kernel), kernel, or device:PATH."),
+    Setting("reseed-interval", str(_POLICY.interval), "Reseed the DRBG at least every SECONDS."),
+    Setting("reseed-bytes", _size_text(_POLICY.max_bytes),
+            "Reseed the DRBG after this many output bytes (K/M/G suffixes)."),
+    Setting("reseed-bits", str(_POLICY.bits), "Bits of entropy input per reseed (at least 256)."),
+    Setting("seed-wait", f"{DEFAULT_SEED_WAIT:g}",
+            "While the seed pool is starved (healthy source, reseed due, seed short), HTTP requests "
+            "wait up to SECONDS for it, then get 503; /health turns 503 after starving this long. "
+            "0: no wait."),
+    Setting("min-entropy", None,
+            "Claimed min-entropy per 8-bit sample, 0 < H <= 8 (default by source kind: "
+            f"{_by_kind(DEFAULT_MIN_ENTROPY)})."),
+    Setting("health-alpha", _alpha_text(DEFAULT_ALPHA),
+            "False-positive rate of each health test, as a number or 2**-N."),
+    Setting("stream", "tcp:9000", "Raw TCP byte stream endpoint", "list"),
+    Setting("http", "tcp:8080", "Plain HTTP endpoint", "list"),
+    Setting("https", "ssl:8443", "HTTPS endpoint ssl:PORT[:interface=..]", "list"),
+    Setting("tls-key", tls.DEFAULT_KEY,
+            "TLS private key (PEM) for ssl: endpoints that name none; the default pair is "
+            "generated (self-signed) on first run."),
+    Setting("tls-cert", tls.DEFAULT_CERT, "TLS certificate chain (PEM) to go with --tls-key."),
+    Setting("no-h2", None, "Offer only http/1.1 by ALPN on the HTTPS endpoints (no HTTP/2).", "flag"),
+    Setting("max-bytes", _size_text(DEFAULT_MAX_BYTES),
+            "Largest /v1/random?bytes=N answered (K/M/G suffixes)."),
+    Setting("onion", None, "Publish the site and the raw stream as a Tor v3 onion service.", "flag"),
+    Setting("onion-ports", "80:http,9000:stream",
+            "With --onion: VIRTUAL:TARGET pairs, comma-separated; targets are http and stream."),
+    Setting("tor-control", None,
+            "With --onion: use the running tor at this control endpoint (unix:/run/tor/control, "
+            "tcp:127.0.0.1:9051) instead of launching one."),
+    Setting("tor-password-file", None,
+            "With --tor-control: file holding the control port password (when cookie auth is off)."),
+    Setting("onion-key", "certs/onion_ed25519.key",
+            "With --onion: the service's ED25519-V3 key (tor's format; created mode 0600 if missing). "
+            "It IS the address: back it up."),
+    Setting("onion-client-auth", None,
+            "With --onion: directory of v3 client-authorization *.auth public keys; only those "
+            "clients can reach the service."),
+    Setting("tor-binary", None,
+            "With --onion and no --tor-control: the tor to launch (default: tor on PATH)."),
+    Setting("tor-data-dir", None,
+            "With a launched tor: its data directory (default: a temporary one, removed on exit)."),
+    Setting("tor-config", None,
+            "With a launched tor: a torrc file included after our own lines (bridges, proxies, ...)."),
+    Setting("shutdown-timeout", f"{DEFAULT_SHUTDOWN_TIMEOUT:g}",
+            "On SIGTERM/SIGINT, seconds that HTTP responses in flight get to finish."),
+    Setting("peer-streams", str(_PEERS.streams),
+            "Most concurrent raw-stream connections from one client IP (IPv6: one /64); "
+            "0: no limit."),
+    Setting("peer-rate", f"{_PEERS.rate:g}",
+            "HTTP requests per second per client IP, bursts of twice as many; past it, 429. "
+            "0: no limit."),
+    Setting("peer-bandwidth", _size_text(_PEERS.bandwidth),
+            "Bytes per second per client IP over all surfaces (K/M/G suffixes); 0: no limit."),
+    Setting("idle-timeout", f"{_PEERS.idle_timeout:g}",
+            "Close a connection after this many seconds with nothing read or written "
+            "(a raw-stream client that stops reading); 0: never."),
+    Setting("header-timeout", f"{_PEERS.header_timeout:g}",
+            "Close an HTTP connection whose request head takes longer than this many seconds "
+            "(slowloris); 0: never."),
+    Setting("workers", "1",
+            f"Serving processes sharing every listener: N (1-{MAX_WORKERS}) or auto (one per core). "
+            "With N > 1 this process reads the source and relays health-tested seed material to "
+            "each worker."),
+    Setting("worker-fds", None, "(internal) listening sockets inherited from the parent."),
+    Setting("worker-index", None, "(internal) this worker's number."),
+)
+
+#: Option name -> default text, for every option in :data:`SETTINGS`.
+DEFAULTS: Mapping[str, str | None] = MappingProxyType({s.name: s.default for s in SETTINGS})
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """
+    The key and certificate of the HTTPS endpoints that name none.
+    ``self_signed``: both paths are the defaults, so a self-signed pair is
+    created there at startup when neither file exists yet.
+    """
+
+    key: str
+    cert: str
+    self_signed: bool
+    h2: bool
+
+
+@dataclass(frozen=True)
+class OnionConfig:
+    """The onion service: its ports, key, clients, and which tor to use."""
+
+    ports: tuple[OnionPort, ...]
+    key: str
+    client_auth: tuple[str, ...]
+    tor_control: str | None
+    tor_password: str | None = field(repr=False)
+    tor_binary: str | None
+    tor_data_dir: str | None
+    tor_config: str | None
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Set in a worker process only: the listening sockets it inherits, and its number."""
+
+    ports: tuple[InheritedPort, ...]
+    index: int
+
+
+@dataclass(frozen=True)
+class Config:
+    """
+    The validated configuration of one process.  ``source`` may still be
+    ``auto``, and ``min_entropy`` None (the source kind's default): both are
+    resolved when the service is built.  ``argv`` is the command line, which
+    a parent hands on to its workers.
+    """
+
+    source: SourceSpec
+    min_entropy: float | None
+    alpha: float
+    policy: ReseedPolicy
+    seed_wait: float
+    stream: tuple[str, ...]
+    http: tuple[str, ...]
+    https: tuple[str, ...]
+    tls: TLSConfig
+    max_bytes: int
+    peers: PeerPolicy
+    shutdown_timeout: float
+    workers: int
+    worker: WorkerConfig | None
+    onion: OnionConfig | None
+    argv: tuple[str, ...] = ()
+
+    @property
+    def role(self) -> Role:
+        """``worker`` (started by a parent), ``parent`` (``--workers`` > 1) or ``single``."""
+        if self.worker is not None:
+            return "worker"
+        return "parent" if self.workers > 1 else "single"
+
+
+def _endpoint_option(setting: Setting) -> Callable[[Options, str], None]:
+    """The ``opt_`` handler of a repeatable endpoint option; its docstring is its help."""
+
+    def handler(self: Options, endpoint: str) -> None:
+        self[setting.name].append(endpoint)
+
+    handler.__doc__ = f"{setting.help} (repeatable; default {setting.default}; 'none' disables)."
+    return handler
+
+
+def _setting(name: str) -> Setting:
+    return next(s for s in SETTINGS if s.name == name)
+
+
+def _check_endpoint(option: str, description: str) -> None:
+    """Parse a server endpoint string now, so a typo fails at startup."""
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        # Only the parsing is wanted: no reactor is needed until it listens.
+        serverFromString(None, description)
+    except Exception as e:  # the parsers raise a variety of types
+        raise usage.UsageError(
+            f"--{option} {description!r} is not a valid server endpoint ({e}); "
+            "use e.g. tcp:9000, tcp:9000:interface=127.0.0.1, unix:/run/entropy.sock, "
+            "systemd:domain=INET:index=0, or none"
+        ) from None
+
+
+def _number(text: Any, convert: Callable[[str], float] = float) -> float:
+    """``text`` as a number, or NaN (which fails every range check)."""
+    try:
+        return convert(str(text))
+    except ValueError:
+        return math.nan
+
+
+class Options(EnvironmentOptions):
+    """
+    Command-line options for ``twistd entropy``; each can also be given as
+    an ``ENTROPY_<OPTION>`` environment variable.  After parsing,
+    :attr:`config` holds the validated :class:`Config`.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve health-tested CTR_DRBG randomness over a raw TCP stream, HTTP(S) "
+        "and, optionally, a Tor onion service."
+    )
+
+    optParameters: list[list[Any]] = [
+        [s.name, None, s.default, s.help] for s in SETTINGS if s.kind == "value"]
+    optFlags: list[list[Any]] = [[s.name, None, s.help] for s in SETTINGS if s.kind == "flag"]
+
+    opt_stream = _endpoint_option(_setting("stream"))
+    opt_http = _endpoint_option(_setting("http"))
+    opt_https = _endpoint_option(_setting("https"))
+
+    config: Config
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.argv: list[str] = []
+        for s in SETTINGS:
+            if s.kind == "list":
+                self[s.name] = []
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        """Parse, remembering the command line for worker processes."""
+        self.argv = list(options) if options is not None else []
+        super().parseOptions(options)
+
+    def postOptions(self) -> None:
+        """Validate every option into :attr:`config`."""
+        worker = self._worker()
+        # A worker adopts its parent's sockets; its endpoints were checked
+        # there (and a systemd: socket can only be looked up in the parent).
+        check = worker is None
+        stream = self._endpoints("stream", check)
+        source, min_entropy = self._source()
+        policy, seed_wait, alpha = self._reseed()
+        http = self._endpoints("http", check)
+        https = self._https(check)
+        tls_config = self._tls(https)
+        max_bytes = self._max_bytes()
+        onion = self._onion()
+        shutdown_timeout, peers = self._limits()
+        self.config = Config(
+            source=source, min_entropy=min_entropy, alpha=alpha, policy=policy, seed_wait=seed_wait,
+            stream=stream, http=http, https=https, tls=tls_config, max_bytes=max_bytes,
+            peers=peers, shutdown_timeout=shutdown_timeout, workers=self._workers(),
+            worker=worker, onion=onion, argv=tuple(self.argv),
+        )
+
+    # -- one check per concern -------------------------------------------------
+
+    def _endpoints(self, name: str, check: bool = True) -> tuple[str, ...]:
+        values = self[name] or [DEFAULTS[name]]
+        if "none" in values:
+            if len(values) > 1:
+                raise usage.UsageError(f"--{name} none cannot be combined with other endpoints")
+            return ()
+        if check:
+            for v in values:
+                _check_endpoint(name, v)
+        return tuple(values)
+
+    def _source(self) -> tuple[SourceSpec, float | None]:
+        try:
+            spec = parse_source(self["source"])
+        except ValueError as e:
+            raise usage.UsageError(f"--source: {e}") from None
+        h = self["min-entropy"]
+        if h is None:
+            return spec, None
+        value = _number(h)
+        if not 0 < value <= 8:
+            raise usage.UsageError(f"--min-entropy {h!r}: must be a number with 0 < H <= 8")
+        return spec, value
+
+    def _reseed(self) -> tuple[ReseedPolicy, float, float]:
+        interval = _number(self["reseed-interval"])
+        if not (0 < interval <= 86400):
+            raise usage.UsageError(
+                f"--reseed-interval {self['reseed-interval']!r}: must be seconds, 0 < S <= 86400")
+        try:
+            max_bytes = parse_size(self["reseed-bytes"])
+        except ValueError as e:
+            raise usage.UsageError(f"--reseed-bytes: {e}") from None
+        if not MIN_RESEED_BYTES <= max_bytes <= 2 ** 40:
+            raise usage.UsageError(
+                f"--reseed-bytes {self['reseed-bytes']!r}: must be between 4K ({MIN_RESEED_BYTES}) and 1T")
+        seed_wait = _number(self["seed-wait"])
+        if not 0 <= seed_wait <= 300:
+            raise usage.UsageError(
+                f"--seed-wait {self['seed-wait']!r}: must be seconds, 0 <= S <= 300")
+        bits = _number(self["reseed-bits"], int)
+        if not 256 <= bits <= 65536:
+            raise usage.UsageError(
+                f"--reseed-bits {self['reseed-bits']!r}: must be an integer, 256 <= N <= 65536")
+        alpha_text = str(self["health-alpha"]).replace(" ", "")
+        if alpha_text.startswith("2**"):
+            alpha = 2.0 ** _number(alpha_text[3:])
+        else:
+            alpha = _number(alpha_text)
+        if not (2.0 ** -64 <= alpha <= 2.0 ** -10):
+            raise usage.UsageError(
+                f"--health-alpha {self['health-alpha']!r}: must be between 2**-64 and 2**-10")
+        return ReseedPolicy(interval=interval, max_bytes=max_bytes, bits=int(bits)), seed_wait, alpha
+
+    def _https(self, check: bool) -> tuple[str, ...]:
+        https = self["https"] or [DEFAULTS["https"]]
+        if "none" in https:
+            if len(https) > 1:
+                raise usage.UsageError("--https none cannot be combined with other endpoints")
+            return ()
+        for description in https:
+            try:
+                spec = tls.parse_https_endpoint(description)
+            except ValueError as e:
+                raise usage.UsageError(
+                    f"--https {description!r}: {e}; use e.g. ssl:8443, "
+                    "ssl:8443:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=cert.pem, "
+                    "systemd:domain=INET:name=https (TLS with --tls-key/--tls-cert), or none"
+                ) from None
+            if spec.wrapped is not None and check:
+                _check_endpoint("https", spec.wrapped)
+        return tuple(https)
+
+    def _tls(self, https: tuple[str, ...]) -> TLSConfig:
+        """Check every key and certificate the HTTPS endpoints will use (reading, not writing)."""
+        key, cert = self["tls-key"], self["tls-cert"]
+        self_signed = key == DEFAULTS["tls-key"] and cert == DEFAULTS["tls-cert"]
+        config = TLSConfig(key=key, cert=cert, self_signed=self_signed, h2=not self["no-h2"])
+        try:
+            for pair in tls_pairs(config, https):
+                if pair is not None:
+                    tls.load_material(*pair)
+        except tls.TLSConfigError as e:
+            raise usage.UsageError(f"HTTPS: {e}") from None
+        return config
+
+    def _max_bytes(self) -> int:
+        try:
+            value = parse_size(str(self["max-bytes"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--max-bytes: {e}") from None
+        if not 1 <= value <= 2 ** 40:
+            raise usage.UsageError("--max-bytes: must be between 1 and 1T")
+        return value
+
+    def _seconds(self, name: str, upper: float) -> float:
+        value = _number(self[name])
+        if not 0 <= value <= upper:
+            raise usage.UsageError(f"--{name} {self[name]!r}: must be seconds, 0 <= S <= {upper:g}")
+        return value
+
+    def _limits(self) -> tuple[float, PeerPolicy]:
+        """The shutdown deadline and the per-peer limits."""
+        shutdown_timeout = self._seconds("shutdown-timeout", 3600)
+        streams = _number(self["peer-streams"], int)
+        if not 0 <= streams <= 1_000_000:
+            raise usage.UsageError(
+                f"--peer-streams {self['peer-streams']!r}: must be an integer, 0 (no limit) or more")
+        rate = _number(self["peer-rate"])
+        if not 0 <= rate <= 1e9:
+            raise usage.UsageError(
+                f"--peer-rate {self['peer-rate']!r}: must be requests per second, 0 (no limit) or more")
+        try:
+            bandwidth = parse_size(str(self["peer-bandwidth"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--peer-bandwidth: {e}") from None
+        peers = PeerPolicy(
+            streams=int(streams), rate=rate, bandwidth=bandwidth,
+            idle_timeout=self._seconds("idle-timeout", 86400),
+            header_timeout=self._seconds("header-timeout", 3600))
+        return shutdown_timeout, peers
+
+    def _workers(self) -> int:
+        text = str(self["workers"]).strip().lower()
+        count: float
+        if text == "auto":
+            # The cores this process may run on (taskset, a cgroup cpuset).
+            usable = getattr(os, "sched_getaffinity", None)
+            count = min(MAX_WORKERS, len(usable(0)) if usable is not None else (os.cpu_count() or 1))
+        else:
+            count = _number(text, int)
+        if not 1 <= count <= MAX_WORKERS:
+            raise usage.UsageError(
+                f"--workers {self['workers']!r}: must be a number of processes, "
+                f"1 <= N <= {MAX_WORKERS}, or auto")
+        return int(count)
+
+    def _worker(self) -> WorkerConfig | None:
+        if self["worker-fds"] is None:
+            return None
+        from entropy_appliance.app.workers import parse_worker_fds
+
+        try:
+            return WorkerConfig(tuple(parse_worker_fds(self["worker-fds"])), int(self["worker-index"] or 0))
+        except ValueError as e:
+            raise usage.UsageError(f"--worker-fds: {e} (an internal option)") from None
+
+    def _onion(self) -> OnionConfig | None:
+        """Check the onion options; the key is read here if it exists, created at startup if not."""
+        if not self["onion"]:
+            return None
+        from entropy_appliance.onion import OnionKeyError, load_client_auth, load_key, parse_ports
+
+        try:
+            ports = tuple(parse_ports(self["onion-ports"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--onion-ports: {e}") from None
+        key = self["onion-key"]
+        if os.path.lexists(key):
+            try:
+                load_key(key)
+            except OnionKeyError as e:
+                raise usage.UsageError(f"--onion-key: {e}") from None
+        client_auth: tuple[str, ...] = ()
+        if self["onion-client-auth"] is not None:
+            try:
+                client_auth = tuple(load_client_auth(self["onion-client-auth"]))
+            except ValueError as e:
+                raise usage.UsageError(f"--onion-client-auth: {e}") from None
+        control, password, binary = self["tor-control"], None, None
+        if control is not None:
+            from twisted.internet.endpoints import clientFromString
+
+            try:
+                clientFromString(None, control)
+            except Exception as e:  # the parsers raise a variety of types
+                raise usage.UsageError(
+                    f"--tor-control {control!r} is not a client endpoint ({e}); "
+                    "use e.g. unix:/run/tor/control or tcp:127.0.0.1:9051") from None
+            if self["tor-password-file"] is not None:
+                try:
+                    with open(self["tor-password-file"], encoding="utf-8") as f:
+                        password = f.readline().strip()
+                except OSError as e:
+                    raise usage.UsageError(f"--tor-password-file: {e}") from None
+        else:
+            binary = self["tor-binary"] or shutil.which("tor")
+            if binary is None or not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
+                raise usage.UsageError(
+                    f"--onion needs tor: {self['tor-binary'] or 'no tor on PATH'} is not an executable. "
+                    "Install it (apt install tor), pass --tor-binary PATH, or use a running tor "
+                    "with --tor-control unix:/run/tor/control")
+            for name in ("tor-data-dir", "tor-config"):
+                value = self[name]
+                if value is not None and any(c.isspace() for c in value):
+                    raise usage.UsageError(f"--{name} {value!r}: tor cannot take a path with spaces here")
+            if self["tor-config"] is not None and not os.path.isfile(self["tor-config"]):
+                raise usage.UsageError(f"--tor-config {self['tor-config']!r} is not a file")
+        return OnionConfig(
+            ports=ports, key=key, client_auth=client_auth, tor_control=control, tor_password=password,
+            tor_binary=binary, tor_data_dir=self["tor-data-dir"], tor_config=self["tor-config"])
+
+
+def tls_pairs(config: TLSConfig, https: Sequence[str]) -> list[tuple[str, str] | None]:
+    """
+    The (key, certificate) paths each HTTPS endpoint serves, in order; None
+    for an endpoint sharing a default pair that does not exist yet (it is
+    created at startup).
+    """
+    shared_missing = (config.self_signed and not os.path.exists(config.key)
+                      and not os.path.exists(config.cert))
+    pairs: list[tuple[str, str] | None] = []
+    for description in https:
+        spec = tls.parse_https_endpoint(description)
+        if spec.private_key is not None and spec.cert_key is not None:
+            pairs.append((spec.private_key, spec.cert_key))
+        else:
+            pairs.append(None if shared_missing else (config.key, config.cert))
+    return pairs
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Parse ``argv`` (and ``environ``, default none) into a :class:`Config`; raises UsageError."""
+    options = Options()
+    options.environ = {} if environ is None else environ
+    options.parseOptions(list(argv))
+    return options.config
