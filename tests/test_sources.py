@@ -1,4 +1,4 @@
-"""Source parsing, auto-detection and device reads."""
+"""Source parsing and device reads (auto-detection: test_detection.py)."""
 
 from __future__ import annotations
 
@@ -12,40 +12,9 @@ from entropy_appliance.source.sources import (
     KernelSource,
     SourceError,
     SourceSpec,
-    detect,
     open_source,
     parse_source,
 )
-
-
-def fake_root(tmp_path: Path, devices: list[str], rng_current: str | None = None) -> str:
-    (tmp_path / "dev").mkdir()
-    for d in devices:
-        (tmp_path / "dev" / d).write_bytes(b"")
-    if rng_current is not None:
-        sysdir = tmp_path / "sys/class/misc/hw_random"
-        sysdir.mkdir(parents=True)
-        (sysdir / "rng_current").write_text(rng_current + "\n")
-    return str(tmp_path)
-
-
-def test_detect_prefers_quantis(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, ["qrandom0", "hwrng", "chaoskey0"], "virtio_rng.0")
-    assert detect(root) == SourceSpec("quantis", f"{root}/dev/qrandom0")
-
-
-def test_detect_hwrng_only_with_a_current_driver(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, ["hwrng", "chaoskey0"], "none")
-    assert detect(root) == SourceSpec("chaoskey", f"{root}/dev/chaoskey0")
-
-
-def test_detect_hwrng(tmp_path: Path) -> None:
-    root = fake_root(tmp_path, ["hwrng"], "tpm-rng-0")
-    assert detect(root) == SourceSpec("hwrng", f"{root}/dev/hwrng")
-
-
-def test_detect_falls_back_to_kernel(tmp_path: Path) -> None:
-    assert detect(fake_root(tmp_path, [])) == SourceSpec("kernel")
 
 
 def test_parse_source(tmp_path: Path) -> None:

@@ -347,9 +347,12 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 # -- the probe script ------------------------------------------------------------
 
 
-def probe(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    full = {"PATH": os.environ["PATH"], **env}
-    return subprocess.run(["sh", str(PROBE)], env=full, capture_output=True, text=True, timeout=timeout)
+def probe(env: dict[str, str], timeout: float = 30,
+          cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the probe with this checkout's python3 first on PATH, as a venv install would."""
+    full = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT), **env}
+    return subprocess.run(["sh", str(PROBE)], env=full, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 def test_probe_kernel_needs_no_device() -> None:
@@ -390,6 +393,51 @@ def test_probe_auto_falls_back_to_the_kernel(tmp_path: Path) -> None:
     assert "no hardware RNG device found; falling back to the kernel CSPRNG" in r.stdout
 
 
+def test_probe_auto_finds_hwrng_with_its_driver(tmp_path: Path) -> None:
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "dev" / "hwrng").write_bytes(b"")
+    (tmp_path / "dev" / "chaoskey0").write_bytes(b"")
+    (tmp_path / "sys/class/misc/hw_random").mkdir(parents=True)
+    (tmp_path / "sys/class/misc/hw_random/rng_current").write_text("tpm-rng-0\n")
+    r = probe({"ENTROPY_SOURCE": "auto", "ENTROPY_PROBE_ROOT": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"source auto: found {tmp_path}/dev/hwrng (hwrng, driver tpm-rng-0)" in r.stdout
+    (tmp_path / "sys/class/misc/hw_random/rng_current").write_text("none\n")
+    r = probe({"ENTROPY_SOURCE": "auto", "ENTROPY_PROBE_ROOT": str(tmp_path)})
+    assert f"source auto: found {tmp_path}/dev/chaoskey0 (chaoskey)" in r.stdout
+
+
+def test_probe_never_imports_from_its_working_directory(tmp_path: Path) -> None:
+    """
+    The probe runs as root in the state directory, which the appliance's
+    user owns: a package planted there must not run.
+    """
+    planted = tmp_path / "state" / "entropy_appliance"
+    (planted / "source").mkdir(parents=True)
+    (planted / "__init__.py").write_text(f"open({str(tmp_path / 'owned')!r}, 'w').close()\n")
+    (planted / "source" / "__init__.py").write_text("")
+    (planted / "source" / "detection.py").write_text("print('/dev/planted (quantis)')\n")
+    r = probe({"ENTROPY_SOURCE": "auto", "ENTROPY_PROBE_ROOT": str(tmp_path)}, cwd=tmp_path / "state")
+    assert r.returncode == 0
+    assert "no hardware RNG device found; falling back to the kernel CSPRNG" in r.stdout
+    assert not (tmp_path / "owned").exists()
+
+
+def test_probe_auto_without_the_package_says_so_and_goes_on(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python3 = bin_dir / "python3"
+    python3.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+                       "echo \"ModuleNotFoundError: No module named 'entropy_appliance'\" >&2\nexit 1\n")
+    python3.chmod(0o755)
+    r = probe({"ENTROPY_SOURCE": "auto", "ENTROPY_PROBE_ROOT": str(tmp_path),
+               "PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert r.returncode == 0
+    assert ("cannot run python3 -m entropy_appliance.source.detection "
+            "(ModuleNotFoundError: No module named 'entropy_appliance'); "
+            "the appliance detects its source when it starts") in r.stdout
+
+
 def test_probe_loads_the_module_and_finds_its_device(tmp_path: Path) -> None:
     (tmp_path / "dev").mkdir()
     fake = tmp_path / "modprobe"
@@ -401,7 +449,7 @@ def test_probe_loads_the_module_and_finds_its_device(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout
     assert (tmp_path / "loaded").read_text().strip() == "quantis_pcie"
     assert "kernel module quantis_pcie loaded" in r.stdout
-    assert f"source auto: found {tmp_path}/dev/qrandom0" in r.stdout
+    assert f"source auto: found {tmp_path}/dev/qrandom0 (quantis)" in r.stdout
 
 
 def test_probe_module_failure_is_logged_then_falls_back(tmp_path: Path) -> None:

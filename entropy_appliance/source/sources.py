@@ -1,5 +1,5 @@
 """
-Entropy sources: the kernel CSPRNG, character devices, and auto-detection.
+Entropy sources: the kernel CSPRNG and character devices.
 
 A source is a blocking reader of raw 8-bit samples.  Its ``read`` may block
 (it is called from a thread pool, never the reactor thread) and raises
@@ -17,12 +17,13 @@ tests.  These are deliberately honest rather than flattering:
   to raw noise; with no model of the device, claim little.
 - ``chaoskey`` (/dev/chaoskeyN): 1.0, for the same reason (raw noise mode).
 - ``device`` (any other path): 1.0.
+
+Which device ``auto`` picks is :mod:`entropy_appliance.source.detection`.
 """
 
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import stat
 from dataclasses import dataclass
@@ -35,7 +36,6 @@ __all__ = [
     "DeviceSource",
     "SourceSpec",
     "parse_source",
-    "detect",
     "open_source",
     "DEFAULT_MIN_ENTROPY",
 ]
@@ -167,7 +167,8 @@ def _kind_of_path(path: str) -> str:
 def parse_source(spec: str) -> SourceSpec:
     """
     Parse ``auto``, ``kernel`` or ``device:PATH``; raise ValueError with a
-    sentence a person can act on.  ``auto`` is resolved by :func:`detect`.
+    sentence a person can act on.  ``auto`` is resolved by
+    :func:`entropy_appliance.source.detection.detect`.
     """
     if spec in ("auto", "kernel"):
         return SourceSpec(spec)
@@ -190,35 +191,10 @@ def parse_source(spec: str) -> SourceSpec:
     )
 
 
-def detect(root: str = "/") -> SourceSpec:
-    """
-    Probe for a hardware source, in order: Quantis (/dev/qrandom*), the
-    kernel hw_random device when it has a current driver, ChaosKey
-    (/dev/chaoskey*); fall back to the kernel CSPRNG.
-    """
-    dev = os.path.join(root, "dev")
-    for path in sorted(glob.glob(os.path.join(dev, "qrandom*"))):
-        if os.access(path, os.R_OK):
-            return SourceSpec("quantis", path)
-    hwrng = os.path.join(dev, "hwrng")
-    current = os.path.join(root, "sys/class/misc/hw_random/rng_current")
-    try:
-        with open(current, encoding="ascii") as f:
-            driver = f.read().strip()
-    except OSError:
-        driver = "none"
-    if driver and driver != "none" and os.access(hwrng, os.R_OK):
-        return SourceSpec("hwrng", hwrng)
-    for path in sorted(glob.glob(os.path.join(dev, "chaoskey*"))):
-        if os.access(path, os.R_OK):
-            return SourceSpec("chaoskey", path)
-    return SourceSpec("kernel")
-
-
 def open_source(spec: SourceSpec) -> Source:
     """Make the reader for a resolved spec."""
     if spec.kind == "kernel":
         return KernelSource()
     if spec.path is None or spec.kind == "auto":
-        raise ValueError("resolve 'auto' with detect() first")
+        raise ValueError("resolve 'auto' with detection.detect() first")
     return DeviceSource(spec.path, spec.kind)
