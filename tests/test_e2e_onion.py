@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import tempfile
 import time
@@ -29,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from entropy_fetch.errors import FetchError
+from entropy_fetch.socks import socks5_connect
 from tests.tornet import TorNetwork, rss_bytes
 from tests.twistd_helpers import Appliance, start_appliance
 
@@ -313,40 +314,8 @@ def test_launched_tor_is_relaunched_when_it_dies_and_stopped_with_us(
 # --- through a real Tor circuit -------------------------------------------------------------
 
 
-def socks5_connect(socks_port: int, host: str, port: int, timeout: float) -> socket.socket:
-    """A TCP connection to ``host:port`` through a SOCKS5 proxy (tor resolves the name)."""
-    s = socket.create_connection(("127.0.0.1", socks_port), timeout=timeout)
-    try:
-        s.sendall(b"\x05\x01\x00")
-        if s.recv(2) != b"\x05\x00":
-            raise OSError("SOCKS5 greeting refused")
-        name = host.encode()
-        s.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", port))
-        reply = _recv_exactly(s, 4)
-        if reply[1] != 0:
-            raise OSError(f"SOCKS5 connect failed with code {reply[1]}")
-        skip = {1: 4, 4: 16}.get(reply[3])
-        if skip is None:
-            skip = _recv_exactly(s, 1)[0]
-        _recv_exactly(s, skip + 2)
-        return s
-    except BaseException:
-        s.close()
-        raise
-
-
-def _recv_exactly(s: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = s.recv(n - len(data))
-        if not chunk:
-            raise OSError("connection closed")
-        data += chunk
-    return data
-
-
 def _http_get(socks_port: int, host: str, path: str, timeout: float) -> tuple[int, bytes]:
-    with socks5_connect(socks_port, host, 80, timeout) as s:
+    with socks5_connect(("127.0.0.1", socks_port), host, 80, timeout) as s:
         s.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         data = b""
         while chunk := s.recv(65536):
@@ -378,14 +347,14 @@ def test_site_and_stream_through_a_private_tor_network(
                     status, body = _http_get(socks, address, "/v1/random?bytes=32", timeout=15)
                     if status == 200:
                         break
-                except OSError:
-                    pass
+                except (OSError, FetchError):
+                    pass  # not reachable yet: the descriptor is still on its way
                 time.sleep(1)
             fetched = time.monotonic() - began
             assert status == 200, f"no answer through Tor after {tries} tries\n{net.log_tails()}"
             assert len(body) == 32
 
-            with socks5_connect(socks, address, 9000, timeout=30) as s:
+            with socks5_connect(("127.0.0.1", socks), address, 9000, timeout=30) as s:
                 streamed = b""
                 while len(streamed) < 65536:
                     chunk = s.recv(65536)

@@ -177,6 +177,20 @@ def _add_onion(control: FakeControl, key: OnionKey) -> str:
     return cmd
 
 
+def _hs_desc(control: FakeControl, action: str, service_id: str, *extra: str) -> None:
+    """tor reports an ``HS_DESC`` event about ``service_id``."""
+    control.event("HS_DESC", " ".join([action, service_id, "UNKNOWN", "$AA~relay", "ID", *extra]))
+
+
+def _added(setup: Setup) -> FakeControl:
+    """Start the service and let tor accept it; the control connection."""
+    _, connector, service, key = setup
+    service.startService()
+    control = connector.accept()
+    _add_onion(control, key)
+    return control
+
+
 def test_provides_iservice(setup: Setup) -> None:
     assert verifyObject(IService, setup[2])
 
@@ -212,23 +226,21 @@ def test_address_known_when_tor_accepts_published_on_upload(setup: Setup) -> Non
     assert status["state"] == "starting"
 
     # another service's upload, and a failed upload, change nothing
-    control.event("HS_DESC", f"UPLOADED {OnionKey.generate().service_id} UNKNOWN $AA~relay ID")
-    control.event("HS_DESC", f"FAILED {key.service_id} UNKNOWN $AA~relay ID REASON=UPLOAD_REJECTED")
+    _hs_desc(control, "UPLOADED", OnionKey.generate().service_id)
+    _hs_desc(control, "FAILED", key.service_id, "REASON=UPLOAD_REJECTED")
     assert service.status()["state"] == "starting"
     assert "UPLOAD_REJECTED" in service.status()["detail"]
 
-    control.event("HS_DESC", f"UPLOAD {key.service_id} UNKNOWN $AA~relay ID")
-    control.event("HS_DESC", f"UPLOADED {key.service_id} UNKNOWN $AA~relay ID")
+    _hs_desc(control, "UPLOAD", key.service_id)
+    _hs_desc(control, "UPLOADED", key.service_id)
     assert service.status()["state"] == "published"
     assert service.status()["descriptor_uploads"] == 1
 
 
 def test_lost_tor_reconnects_with_backoff_and_republishes(setup: Setup) -> None:
     reactor, connector, service, key = setup
-    service.startService()
-    control = connector.accept()
-    _add_onion(control, key)
-    control.event("HS_DESC", f"UPLOADED {key.service_id} UNKNOWN $AA~relay ID")
+    control = _added(setup)
+    _hs_desc(control, "UPLOADED", key.service_id)
 
     control.drop()
     status = service.status()
@@ -257,7 +269,7 @@ def test_lost_tor_reconnects_with_backoff_and_republishes(setup: Setup) -> None:
     control = connector.accept()
     _add_onion(control, key)
     assert service.status()["state"] == "starting"
-    control.event("HS_DESC", f"UPLOADED {key.service_id} UNKNOWN $AA~relay ID")
+    _hs_desc(control, "UPLOADED", key.service_id)
     assert service.status()["state"] == "published"
 
     # success resets the backoff
@@ -267,14 +279,12 @@ def test_lost_tor_reconnects_with_backoff_and_republishes(setup: Setup) -> None:
 
 def test_stale_connection_events_are_ignored(setup: Setup) -> None:
     reactor, connector, service, key = setup
-    service.startService()
-    old = connector.accept()
-    _add_onion(old, key)
+    old = _added(setup)
     old.drop()
     reactor.advance(1)
     new = connector.accept()
     _add_onion(new, key)
-    old.event("HS_DESC", f"UPLOADED {key.service_id} UNKNOWN $AA~relay ID")
+    _hs_desc(old, "UPLOADED", key.service_id)
     assert service.status()["state"] == "starting"
 
 
@@ -325,9 +335,7 @@ def test_silent_tor_times_out(setup: Setup) -> None:
 
 def test_stop_removes_service_and_releases_tor(setup: Setup) -> None:
     reactor, connector, service, key = setup
-    service.startService()
-    control = connector.accept()
-    _add_onion(control, key)
+    control = _added(setup)
     done = service.stopService()
     assert control.pending() == [f"DEL_ONION {key.service_id}"]
     assert not done.called
@@ -342,9 +350,7 @@ def test_stop_removes_service_and_releases_tor(setup: Setup) -> None:
 
 def test_stop_does_not_hang_on_a_silent_tor(setup: Setup) -> None:
     reactor, connector, service, key = setup
-    service.startService()
-    control = connector.accept()
-    _add_onion(control, key)
+    _added(setup)
     done = service.stopService()
     reactor.advance(5)
     assert done.called
