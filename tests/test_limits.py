@@ -1,6 +1,7 @@
 """
-Per-peer limits, in memory: the pure accounting over a task.Clock, and the
-real Site and raw stream behind the Twisted adapters, each connection on a
+Per-peer limits, in memory: the pure accounting of ``core.peers`` over a
+task.Clock, and the real Site and raw stream behind the adapters (TCP level
+in ``net.limits``, HTTP level in ``web.limits``), each connection on a
 StringTransport with its own peer address.
 """
 
@@ -16,19 +17,18 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.net.limits import (
+from entropy_appliance.core.peers import (
     PeerBandwidth,
     PeerConnections,
-    PeerGuard,
-    PeerLimitedFactory,
     PeerPolicy,
     PeerRateLimiter,
     TokenBucket,
-    _ProducerGate,
     peer_key,
 )
+from entropy_appliance.net.limits import PeerGuard, PeerLimitedFactory, _ProducerGate
 from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.web import EntropyWeb
+from entropy_appliance.web.limits import limit_site
 from tests.web_helpers import seeded_pool
 
 # -- pure accounting -------------------------------------------------------------
@@ -107,8 +107,7 @@ def http_stack(policy: PeerPolicy, clock: Clock | None = None) -> tuple[PeerGuar
     web = EntropyWeb(seeded_pool(clock), clock)
     site = web.site(timeout=None, reactor=clock)
     guard = PeerGuard(policy, clock)
-    site.resource = guard.wrap_resource(site.resource, observe=web.observe)
-    return guard, guard.wrap_http(site), clock
+    return guard, limit_site(site, guard, observe=web.observe), clock
 
 
 def connect(factory: Any, host: str, port: int = 40000) -> tuple[Any, StringTransport]:
@@ -231,6 +230,49 @@ def test_head_timeout_spares_a_long_response_and_a_request_body() -> None:
     assert not t.disconnecting
     status, _, body = parse(t.value())
     assert status == 200 and len(body.split(b"\n")[0]) == 128
+
+
+class SlowReader(StringTransport):
+    """A client that reads only when told: its transport pauses a push producer past 64 KiB unread."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.received = b""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming and len(self.value()) > 64 * 1024:
+            self.producer.pauseProducing()
+
+    def read(self) -> None:
+        """Take what was sent; the transport asks for more."""
+        self.received += self.value()
+        self.clear()
+        if self.producer is not None:
+            self.producer.resumeProducing()
+
+
+@pytest.mark.parametrize("path", ["/v1/random?bytes=1000000", "/v1/random?bytes=1000000&format=hex"])
+def test_a_head_pipelined_behind_a_long_response_is_timed_from_when_it_is_read(path: str) -> None:
+    """The binary body takes the fast path, the hex one the Request path: both wait alike."""
+    _, factory, clock = http_stack(PeerPolicy(header_timeout=5, idle_timeout=0))
+    addr = IPv4Address("TCP", "192.0.2.1", 40000)
+    proto = factory.buildProtocol(addr)
+    t = SlowReader(peerAddress=addr)
+    proto.makeConnection(t)
+    proto.dataReceived(f"GET {path} HTTP/1.1\r\nHost: a\r\n\r\nGET /health HTTP/1.1\r\n".encode())
+    clock.advance(30)  # the response is still being sent to its slow reader
+    assert not t.disconnecting and t.producer is not None
+    for _ in range(100):
+        if t.producer is None:
+            break
+        t.read()
+    status, headers, body = parse(t.received + t.value())
+    assert status == 200 and len(body) == int(headers["content-length"])
+    clock.advance(4.9)  # the half-sent head is read now, and has five seconds
+    assert not t.disconnecting
+    clock.advance(0.1)
+    assert t.disconnecting
 
 
 def test_idle_http_connection_is_closed() -> None:

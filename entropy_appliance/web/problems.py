@@ -1,16 +1,18 @@
 """
 Problem details (RFC 9457) for every error the web surface returns.
 
-A route raises one of the :class:`Problem` subclasses below and the handler
+Every problem the appliance answers is a :class:`Problem` subclass here:
+400, 404, 405 (with ``Allow``), 413, 414, 429 and 503 (both with
+``Retry-After``), and 500 for a bug.  A route raises one and the handler
 installed by :func:`install` writes it as ``application/problem+json`` with
-``type``, ``title``, ``status`` and ``detail``, plus any extra headers
-(``Allow`` for 405, ``Retry-After`` for 503).  Werkzeug's routing errors
-(unknown path, wrong method) are mapped to the same shape, so a client never
-sees HTML or a 500 for bad input.
+``type``, ``title``, ``status`` and ``detail``, plus its headers.  Werkzeug's
+routing errors (unknown path, wrong method) are mapped to the same shape, so
+a client never sees HTML or a 500 for bad input.
 
-Other modules reuse this: raise ``BadRequest("...")``, ``PayloadTooLarge``,
-``ServiceUnavailable(detail, retry_after)``; call :func:`write_problem` from a
-plain ``twisted.web`` resource that is not behind Klein.
+Code that answers without Klein uses the same classes: :func:`write_problem`
+on a plain ``twisted.web`` request (the per-peer rate limit), and
+:func:`raw_response` on an HTTP/1.1 channel that has no request (a request
+line too long to read).
 """
 
 from __future__ import annotations
@@ -36,9 +38,12 @@ __all__ = [
     "NotFound",
     "MethodNotAllowed",
     "PayloadTooLarge",
+    "URITooLong",
+    "TooManyRequests",
     "ServiceUnavailable",
     "problem_body",
     "write_problem",
+    "raw_response",
     "install",
 ]
 
@@ -85,7 +90,7 @@ class BadRequest(Problem):
 
 
 class URITooLong(Problem):
-    """414: a request line or header line longer than the server reads."""
+    """414: a request line or header line longer than the server reads; the connection closes."""
 
     status = 414
     title = "URI Too Long"
@@ -120,18 +125,30 @@ class PayloadTooLarge(Problem):
     slug = "payload-too-large"
 
 
-class ServiceUnavailable(Problem):
-    """503: the core fails closed; carries ``Retry-After`` in whole seconds."""
-
-    status = 503
-    title = "Service Unavailable"
-    slug = "service-unavailable"
+class _RetryLater(Problem):
+    """A problem that tells the client when to retry, in whole seconds (at least 1)."""
 
     def __init__(self, detail: str, retry_after: float = 1.0,
                  extensions: dict[str, Any] | None = None) -> None:
         seconds = max(1, math.ceil(retry_after))
         super().__init__(detail, {b"Retry-After": str(seconds).encode()}, extensions)
         self.retry_after = seconds
+
+
+class TooManyRequests(_RetryLater):
+    """429: the client is past ``--peer-rate``; carries ``Retry-After``."""
+
+    status = 429
+    title = "Too Many Requests"
+    slug = "too-many-requests"
+
+
+class ServiceUnavailable(_RetryLater):
+    """503: the core fails closed; carries ``Retry-After`` in whole seconds."""
+
+    status = 503
+    title = "Service Unavailable"
+    slug = "service-unavailable"
 
 
 def problem_body(problem: Problem) -> bytes:
@@ -144,7 +161,8 @@ def write_problem(request: Request, problem: Problem) -> bytes:
     Set the status and headers of ``request`` for ``problem`` and return the
     body; the caller writes it (Klein does so for a returned value).
     """
-    request.setResponseCode(problem.status)
+    # The title is the reason phrase; twisted.web knows none for 429.
+    request.setResponseCode(problem.status, problem.title.encode())
     request.setHeader(b"Content-Type", PROBLEM_JSON)
     request.setHeader(b"Cache-Control", b"no-store")
     for name, value in problem.headers.items():
@@ -152,6 +170,19 @@ def write_problem(request: Request, problem: Problem) -> bytes:
     body = problem_body(problem)
     request.setHeader(b"Content-Length", b"%d" % len(body))
     return body
+
+
+def raw_response(problem: Problem) -> bytes:
+    """
+    A whole HTTP/1.1 response for ``problem`` that closes the connection,
+    for a channel that answers before it has a request to answer on.
+    """
+    body = problem_body(problem)
+    head = [b"HTTP/1.1 %d %s" % (problem.status, problem.title.encode()),
+            b"Content-Type: " + PROBLEM_JSON, b"Cache-Control: no-store",
+            *(name + b": " + value for name, value in problem.headers.items()),
+            b"Content-Length: %d" % len(body), b"Connection: close"]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
 
 
 def _allowed_methods(exc: RoutingMethodNotAllowed) -> list[str]:
