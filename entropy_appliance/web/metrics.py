@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from entropy_appliance.core.pool import SeedPool
 from entropy_appliance.core.states import HealthTest, PoolState, SourceState
+from entropy_appliance.core.status import PoolStatus
 
 __all__ = ["PoolCollector", "WebMetrics", "CONTENT_TYPE"]
 
@@ -48,6 +49,54 @@ def _one_hot(name: str, documentation: str, states: type[StrEnum], current: StrE
     return family
 
 
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
+
+
+_Family = type[GaugeMetricFamily] | type[CounterMetricFamily]
+
+#: The figures of one snapshot that are a single number: kind, name, help, value.
+_SCALARS: tuple[tuple[_Family, str, str, Callable[[PoolStatus], float]], ...] = (
+    (GaugeMetricFamily, "entropy_healthy", "1 while random bytes may be served, else 0.",
+     lambda s: 1 if s.healthy else 0),
+    (GaugeMetricFamily, "entropy_starved_current_seconds",
+     "Seconds starved without a break (0 when not starved).", lambda s: s.starved.seconds),
+    (CounterMetricFamily, "entropy_starved_seconds",
+     "Seconds spent starved: healthy source, seed short for a due reseed.",
+     lambda s: s.starved.total_seconds),
+    (CounterMetricFamily, "entropy_starved_waits", "Times a consumer waited for seed while starved.",
+     lambda s: s.starved.waits),
+    (GaugeMetricFamily, "entropy_pool_target_bytes",
+     "The read-ahead target of the seed buffer, following demand.",
+     lambda s: s.buffer.high_water_bytes),
+    (GaugeMetricFamily, "entropy_pool_fill_bytes", "Approved seed samples buffered.",
+     lambda s: s.buffer.fill_bytes),
+    (GaugeMetricFamily, "entropy_pool_fill_ratio", "Seed pool fill, 0..1 of its high-water mark.",
+     lambda s: s.buffer.fill_percent / 100.0),
+    (CounterMetricFamily, "entropy_pool_seed_draws", "Seed draws from the pool.",
+     lambda s: s.buffer.seed_draws),
+    (CounterMetricFamily, "entropy_pool_seed_draws_short", "Seed draws that found the pool too low.",
+     lambda s: s.buffer.seed_draws_short),
+    (CounterMetricFamily, "entropy_drbg_reseeds", "Successful DRBG (re)seeds.",
+     lambda s: s.drbg.reseeds),
+    (CounterMetricFamily, "entropy_drbg_reseed_failures",
+     "Reseeds that were due and could not be done.", lambda s: s.drbg.reseed_failures),
+    (GaugeMetricFamily, "entropy_drbg_reseed_age_seconds",
+     "Seconds since the last reseed (NaN before the first).",
+     lambda s: _nan_if_none(s.drbg.reseed_age_seconds)),
+    (GaugeMetricFamily, "entropy_drbg_reseed_interval_seconds", "Longest time between reseeds.",
+     lambda s: s.drbg.reseed_interval_seconds),
+    (CounterMetricFamily, "entropy_drbg_generated_bytes", "DRBG output bytes.",
+     lambda s: s.drbg.bytes_generated),
+    (CounterMetricFamily, "entropy_fail_closed_refusals",
+     "Requests for random bytes refused while failing closed.", lambda s: s.fail_closed_refusals),
+    (CounterMetricFamily, "entropy_source_read_bytes", "Raw bytes read from the source.",
+     lambda s: s.source.bytes_read),
+    (CounterMetricFamily, "entropy_source_errors", "Failed reads of the source.",
+     lambda s: s.source.errors),
+)
+
+
 class PoolCollector(Collector):
     """Exports one snapshot of the seed pool (and of status extras) per scrape."""
 
@@ -59,68 +108,24 @@ class PoolCollector(Collector):
     def collect(self) -> Iterable[Any]:
         """Yield the metric families of one ``status()`` snapshot."""
         s = self._pool.status()
-        buffer, drbg, source, starved = s.buffer, s.drbg, s.source, s.starved
-
-        yield GaugeMetricFamily("entropy_healthy", "1 while random bytes may be served, else 0.",
-                                value=1 if s.healthy else 0)
+        for family, name, documentation, value in _SCALARS:
+            yield family(name, documentation, value=value(s))
         yield _one_hot("entropy_state",
                        "1 for the appliance's current state (ok, starved, failed), else 0.",
                        PoolState, s.state)
-        yield GaugeMetricFamily("entropy_starved_current_seconds",
-                                "Seconds starved without a break (0 when not starved).",
-                                value=starved.seconds)
-        yield CounterMetricFamily("entropy_starved_seconds",
-                                  "Seconds spent starved: healthy source, seed short for a due reseed.",
-                                  value=starved.total_seconds)
-        yield CounterMetricFamily("entropy_starved_waits",
-                                  "Times a consumer waited for seed while starved.",
-                                  value=starved.waits)
-        yield GaugeMetricFamily("entropy_pool_target_bytes",
-                                "The read-ahead target of the seed buffer, following demand.",
-                                value=buffer.high_water_bytes)
-        yield GaugeMetricFamily("entropy_pool_fill_bytes", "Approved seed samples buffered.",
-                                value=buffer.fill_bytes)
-        yield GaugeMetricFamily("entropy_pool_fill_ratio", "Seed pool fill, 0..1 of its high-water mark.",
-                                value=buffer.fill_percent / 100.0)
-        yield CounterMetricFamily("entropy_pool_seed_draws", "Seed draws from the pool.",
-                                  value=buffer.seed_draws)
-        yield CounterMetricFamily("entropy_pool_seed_draws_short",
-                                  "Seed draws that found the pool too low.",
-                                  value=buffer.seed_draws_short)
-        yield CounterMetricFamily("entropy_drbg_reseeds", "Successful DRBG (re)seeds.",
-                                  value=drbg.reseeds)
-        yield CounterMetricFamily("entropy_drbg_reseed_failures",
-                                  "Reseeds that were due and could not be done.",
-                                  value=drbg.reseed_failures)
-        age = drbg.reseed_age_seconds
-        yield GaugeMetricFamily("entropy_drbg_reseed_age_seconds",
-                                "Seconds since the last reseed (NaN before the first).",
-                                value=math.nan if age is None else age)
-        yield GaugeMetricFamily("entropy_drbg_reseed_interval_seconds",
-                                "Longest time between reseeds.",
-                                value=drbg.reseed_interval_seconds)
-        yield CounterMetricFamily("entropy_drbg_generated_bytes", "DRBG output bytes.",
-                                  value=drbg.bytes_generated)
         served = CounterMetricFamily("entropy_served_bytes", "Random bytes served, by surface.",
                                      labels=["surface"])
         for surface, n in sorted(s.served.items()):
             served.add_metric([surface], n)
         yield served
-        yield CounterMetricFamily("entropy_fail_closed_refusals",
-                                  "Requests for random bytes refused while failing closed.",
-                                  value=s.fail_closed_refusals)
-        yield CounterMetricFamily("entropy_source_read_bytes", "Raw bytes read from the source.",
-                                  value=source.bytes_read)
-        yield CounterMetricFamily("entropy_source_errors", "Failed reads of the source.",
-                                  value=source.errors)
         failures = CounterMetricFamily("entropy_health_failures",
                                        "SP 800-90B health test failures, by test.",
                                        labels=["test"])
         for test in sorted(HealthTest):
-            failures.add_metric([test.value], source.health_failures.get(test, 0))
+            failures.add_metric([test.value], s.source.health_failures.get(test, 0))
         yield failures
         yield _one_hot("entropy_source_state", "1 for the source's current health state, else 0.",
-                       SourceState, source.state, source=source.name)
+                       SourceState, s.source.state, source=s.source.name)
         yield from self._extra_states()
 
     def _extra_states(self) -> Iterable[Any]:
