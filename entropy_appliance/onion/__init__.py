@@ -13,7 +13,6 @@ The Tor onion service: the site and the raw stream at a persistent .onion.
   machine and tor, and the status.
 """
 
-from entropy_appliance.core.backoff import Backoff
 from entropy_appliance.onion.config import TARGETS, OnionPort, load_client_auth, parse_ports
 from entropy_appliance.onion.key import (
     OnionKey,
@@ -27,7 +26,6 @@ from entropy_appliance.onion.service import OnionService
 from entropy_appliance.onion.tor import ControlProtocol, LaunchedTor, SharedTor, TorConnector
 
 __all__ = [
-    "Backoff",
     "ControlProtocol",
     "LaunchedTor",
     "OnionKey",

@@ -231,7 +231,6 @@ class OnionService(Service):
 
         async def run() -> str | None:
             if replace:
-                self.log.warn("tor already has {addr}; replacing it", addr=key.address)
                 await del_onion(proto, key.service_id)
             else:
                 await subscribe_descriptors(proto, lambda event: self._descriptor(attempt, event))
