@@ -13,6 +13,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from entropy_appliance.core.health import HealthTests, apt_cutoff, rct_cutoff
+from entropy_appliance.core.states import HealthTest, SourceState
 
 # -- an independent, per-sample reference --------------------------------------
 
@@ -144,7 +145,7 @@ def no_repeats(n: int, rng: random.Random, avoid: int | None = None) -> bytes:
 def started(tests: HealthTests) -> HealthTests:
     """Run the startup test on healthy samples."""
     assert tests.feed(os.urandom(tests.startup_samples)) == b""
-    assert tests.state == "ok"
+    assert tests.state is SourceState.OK
     return tests
 
 
@@ -275,7 +276,7 @@ def test_cutoffs_and_startup_are_exposed() -> None:
     assert (t.rct_cutoff_value, t.apt_cutoff_value) == (11, 177)
     assert t.window == 512
     assert t.startup_samples == 1536  # rounded up to whole windows
-    assert t.state == "startup"
+    assert t.state is SourceState.STARTUP
     assert t.failures == {"rct": 0, "apt": 0}
     assert t.last_failure is None
 
@@ -288,7 +289,7 @@ def test_healthy_source_passes(h: float) -> None:
     t = HealthTests(h)
     data = os.urandom(256 * 1024 + 100)
     out = b"".join(t.feed(data[i:i + 4000]) for i in range(0, len(data), 4000))
-    assert t.state == "ok"
+    assert t.state is SourceState.OK
     assert t.failures == {"rct": 0, "apt": 0}
     # Startup windows are discarded, the tail waits for its window.
     assert out == data[t.startup_samples:len(data) - 100]
@@ -311,11 +312,11 @@ def test_partial_window_is_held_back() -> None:
 def test_stuck_source_fails_rct_and_returns_nothing() -> None:
     t = HealthTests(8)
     assert t.feed(b"\x5a" * 100_000) == b""
-    assert t.state == "failed"
+    assert t.state is SourceState.FAILED
     assert t.failures["rct"] == 1
-    assert t.last_failure == "rct"
+    assert t.last_failure is HealthTest.RCT
     assert t.feed(os.urandom(10_000)) == b""
-    assert t.state == "failed"
+    assert t.state is SourceState.FAILED
 
 
 def test_source_sticking_after_startup_fails_within_the_limit() -> None:
@@ -323,7 +324,7 @@ def test_source_sticking_after_startup_fails_within_the_limit() -> None:
     good = os.urandom(512)
     assert t.feed(good) == good
     assert t.feed(b"\x00" * 512 * 10) == b""
-    assert t.state == "failed"
+    assert t.state is SourceState.FAILED
     assert t.failures["rct"] == 3
     assert t.quarantine(512) == b"\x00" * 512
 
@@ -351,9 +352,9 @@ def test_biased_source_fails_apt_not_rct() -> None:
     t = HealthTests(8)
     assert t.apt_cutoff_value < 32
     assert t.feed(bytes(data)) == b""
-    assert t.state == "failed"
+    assert t.state is SourceState.FAILED
     assert t.failures == {"rct": 0, "apt": 1}
-    assert t.last_failure == "apt"
+    assert t.last_failure is HealthTest.APT
 
 
 def test_discarded_windows_are_never_returned() -> None:
@@ -377,7 +378,7 @@ def test_discarded_windows_are_never_returned() -> None:
         n = rng.randrange(1, 3000)
         out += t.feed(bytes(stream[pos:pos + n]))
         pos += n
-    assert t.state == "ok"
+    assert t.state is SourceState.OK
     assert bytes(out) == b"".join(healthy)
     assert b"\xee" * 12 not in out
     assert t.failures == {"rct": n_bad, "apt": 0}
@@ -401,7 +402,7 @@ def test_failure_policy_counts_failures_in_the_last_span() -> None:
         for _ in range(8):
             w = good()
             assert t.feed(w) == w
-    assert t.state == "ok"
+    assert t.state is SourceState.OK
     assert t.failures["rct"] == 5
 
     # Two within the span is persistent.
@@ -409,9 +410,9 @@ def test_failure_policy_counts_failures_in_the_last_span() -> None:
     t.feed(bad)
     for _ in range(6):
         t.feed(good())
-    assert t.state == "ok"
+    assert t.state is SourceState.OK
     t.feed(bad)
-    assert t.state == "failed"
+    assert t.state is SourceState.FAILED
 
 
 def test_failure_mid_batch_discards_the_rest() -> None:
@@ -419,7 +420,7 @@ def test_failure_mid_batch_discards_the_rest() -> None:
     good = os.urandom(1024)
     data = good + b"\x00" * 512 + os.urandom(2000)
     assert t.feed(data) == good
-    assert t.state == "failed"
+    assert t.state is SourceState.FAILED
     assert t.buffered == 0
     assert t.samples_tested == t.startup_samples + 1536
     # Everything after the failing window is quarantined, never returned.
@@ -429,22 +430,22 @@ def test_failure_mid_batch_discards_the_rest() -> None:
 def test_startup_failure_is_immediate() -> None:
     t = HealthTests(8, failure_limit=3)
     assert t.feed(os.urandom(512) + b"\x00" * 512 + os.urandom(4096)) == b""
-    assert t.state == "failed"
+    assert t.state is SourceState.FAILED
     assert t.windows_passed == 1
 
 
 def test_reset_reruns_startup_and_keeps_counters() -> None:
     t = HealthTests(8)
     t.feed(b"\x00" * 2048)
-    assert t.state == "failed"
+    assert t.state is SourceState.FAILED
     t.reset()
-    assert t.state == "startup"
+    assert t.state is SourceState.STARTUP
     assert t.failures["rct"] == 1
     quarantined = t.quarantine(512)
     assert quarantined == b"\x00" * 512
     # The startup samples are tested and discarded again.
     assert t.feed(os.urandom(1024)) == b""
-    assert t.state == "ok"
+    assert t.state is SourceState.OK
     w = os.urandom(512)
     assert t.feed(w) == w
     # A constant window fails both tests; nothing new since the reset.
@@ -462,7 +463,7 @@ def test_reset_forgets_partial_window_and_run() -> None:
     assert t.buffered == 0
     # Had the run carried over, the first startup window would fail.
     assert t.feed(b"\x03" + no_repeats(1023, rng, avoid=3)) == b""
-    assert t.state == "ok"
+    assert t.state is SourceState.OK
 
 
 def test_quarantine_is_bounded_and_validated() -> None:
