@@ -11,27 +11,32 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import IService
+import pytest
+from twisted.application.service import IService, Service
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import (
     FilteringLogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
     LogPublisher,
+    globalLogPublisher,
     textFileLogObserver,
 )
 from twisted.python.logfile import LogFile
 from zope.interface.verify import verifyObject
 
+from entropy_appliance.app.lifecycle import STOP_PHASES, Lifecycle
 from entropy_appliance.app.signals import GracefulStop, ReloadService, reload_tls, reopen_logs
+from entropy_appliance.core.peers import PeerPolicy
 from entropy_appliance.net import tls
-from entropy_appliance.net.limits import InFlight, PeerGuard, PeerPolicy
+from entropy_appliance.net.limits import InFlight, PeerGuard
 from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.web import EntropyWeb
+from entropy_appliance.web.limits import limit_site
 from tests.web_helpers import seeded_pool
 
 # -- graceful stop ---------------------------------------------------------------
@@ -111,8 +116,7 @@ def test_an_in_flight_streamed_response_completes_and_streams_are_closed() -> No
     web = EntropyWeb(pool, clock)
     guard = PeerGuard(PeerPolicy(idle_timeout=0), clock)
     site = web.site(timeout=None, reactor=clock)
-    site.resource = guard.wrap_resource(site.resource, observe=web.observe)
-    http = guard.wrap_http(site)
+    http = limit_site(site, guard, observe=web.observe)
     streams = StreamFactory(pool, chunk_size=4096)
     stop = GracefulStop(guard.inflight, clock, 10, close_streams=streams.close_all)
 
@@ -247,3 +251,113 @@ def test_reopen_logs_after_rotation(tmp_path: Path) -> None:
     assert "after" not in (tmp_path / "twist.log.1").read_text()
     plain.close()
     logfile.close()
+
+
+# -- the stop phases ---------------------------------------------------------------
+
+
+class Recorder(Service):
+    """A service that notes its start and stop; its stop can be held open."""
+
+    def __init__(self, label: str, log: list[str], hold: bool = False, fail: bool = False) -> None:
+        self.label = label
+        self.log = log
+        self.hold = hold
+        self.fail = fail
+        self.stopping: Deferred[None] | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.append(f"start {self.label}")
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.log.append(f"stop {self.label}")
+        if self.fail:
+            raise RuntimeError("broken on purpose")
+        if self.hold:
+            self.stopping = Deferred()
+            return self.stopping
+        return None
+
+
+def fired(d: Deferred[None]) -> list[None]:
+    """A list that gets one item when ``d`` (and every Deferred it waits on) has fired."""
+    results: list[None] = []
+    d.addCallback(results.append)
+    return results
+
+
+def test_phases_start_last_first_and_stop_in_order_each_waiting() -> None:
+    log: list[str] = []
+    tree = Lifecycle()
+    assert tree.phases == STOP_PHASES
+    # Added in an order unlike either: the phases decide.
+    core = tree.add("pipeline", Recorder("pipeline", log), "pipeline")
+    tree.add("listeners", Recorder("http", log, hold=True))
+    tree.add("notify", Recorder("notify", log))
+    drain = tree.add("drain", Recorder("drain", log, hold=True), "drain")
+    tree.add("listeners", Recorder("stream", log))
+    assert tree.getServiceNamed("pipeline") is core
+    tree.privilegedStartService()
+    tree.startService()
+    assert log == ["start pipeline", "start drain", "start http", "start stream", "start notify"]
+    assert [tree.phase_of(s) for s in tree] == ["pipeline", "drain", "listeners", "listeners", "notify"]
+
+    log.clear()
+    done = fired(tree.stopService())
+    # Both listeners stop together; the drain waits for the one still closing.
+    assert log == ["stop notify", "stop stream", "stop http"]
+    http = tree.phase("listeners")[0]
+    assert isinstance(http, Recorder) and http.stopping is not None
+    http.stopping.callback(None)
+    assert log[-1] == "stop drain" and not done
+    assert core.running  # the pipeline outlives the drain
+    assert isinstance(drain, Recorder) and drain.stopping is not None
+    drain.stopping.callback(None)
+    assert log[-1] == "stop pipeline" and done and not core.running
+
+
+def test_a_failing_stop_is_logged_and_the_next_phase_still_stops() -> None:
+    log: list[str] = []
+    tree = Lifecycle()
+    tree.add("listeners", Recorder("bad", log, fail=True))
+    tree.add("pipeline", Recorder("pipeline", log))
+    tree.startService()
+    seen: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        done = fired(tree.stopService())
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    assert done and log[-2:] == ["stop bad", "stop pipeline"]
+    assert any(e.get("phase") == "listeners" and "log_failure" in e for e in seen)
+
+
+def test_phases_are_joined_by_name_only() -> None:
+    tree = Lifecycle()
+    with pytest.raises(ValueError, match="unknown phase 'listners'"):
+        tree.add("listners", Service())
+    with pytest.raises(ValueError, match="add\\(phase, service\\)"):
+        Service().setServiceParent(tree)
+    with pytest.raises(ValueError, match="repeat"):
+        Lifecycle(["drain", "drain"])
+
+
+def test_the_drain_holds_the_pipeline_until_the_deadline() -> None:
+    """On a MemoryReactorClock: a response in flight keeps seed flowing until --shutdown-timeout."""
+    reactor = MemoryReactorClock()
+    log: list[str] = []
+    inflight = InFlight()
+    inflight.begin(FakeRequest())  # type: ignore[arg-type]
+    tree = Lifecycle()
+    pipeline = tree.add("pipeline", Recorder("pipeline", log), "pipeline")
+    tree.add("drain", GracefulStop(inflight, reactor, 10), "drain")
+    tree.add("listeners", Recorder("http", log))
+    tree.startService()
+    done = fired(tree.stopService())
+    assert log[-1] == "stop http" and pipeline.running
+    reactor.advance(9.9)
+    assert not done and pipeline.running
+    reactor.advance(0.1)
+    assert done and log[-1] == "stop pipeline"

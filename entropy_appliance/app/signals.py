@@ -3,20 +3,21 @@ Signals: a graceful stop on SIGTERM/SIGINT, a TLS and log reload on SIGHUP.
 
 SIGTERM and SIGINT are twistd's: the reactor stops the service tree and,
 after a clean stop, twistd re-raises the signal (so an exit status of 143
-is as clean as 0).  The tree (``core.OrderedService``) stops its children
-one at a time, the last added first.  :class:`GracefulStop` is added right
-after the entropy pipeline, so it stops after every listener has stopped
-accepting and before the pipeline stops (responses finishing during the
-drain still have seed material).  It closes the raw streams (they never end
-by themselves) and holds the stop until the HTTP requests in flight have
-finished, or until the deadline (``--shutdown-timeout``).  What is still
-open at the deadline is cut when the reactor disconnects everything.
+is as clean as 0).  The tree stops in the named phases of
+:mod:`~entropy_appliance.app.lifecycle`.  :class:`GracefulStop` is the
+``drain`` phase: it runs once every listener has stopped accepting and
+before the pipeline stops (responses finishing during the drain still have
+seed material).  It closes the raw streams (they never end by themselves)
+and holds the stop until the HTTP requests in flight have finished, or
+until the deadline (``--shutdown-timeout``).  What is still open at the
+deadline is cut when the reactor disconnects everything.
 
-SIGHUP (:class:`ReloadService`): the TLS key and certificate are read again
-from their files and served from the next handshake on; established
-connections keep theirs.  A pair that does not load is logged and the old
-one kept.  Then the log files are reopened, for external log rotation.  The
-handler only schedules the work on the reactor thread.
+SIGHUP (:class:`ReloadService`, the ``signals`` phase, which stops after
+the drain): the TLS key and certificate are read again from their files and
+served from the next handshake on; established connections keep theirs.  A
+pair that does not load is logged and the old one kept.  Then the log files
+are reopened, for external log rotation.  The handler only schedules the
+work on the reactor thread.
 """
 
 from __future__ import annotations
