@@ -223,6 +223,7 @@ def test_random_image_defaults_and_bits() -> None:
 @pytest.mark.parametrize(("query", "status"), [
     ("width=0", 400), ("width=-3", 400), ("width=abc", 400), ("height=1.5", 400),
     ("mode=cmyk", 400), ("width=4097", 413), ("height=5000", 413), ("width=99999999999", 413),
+    ("width=", 400), ("mode=", 400),
 ])
 def test_random_image_bad_params(query: str, status: int) -> None:
     _, stub = make_web()
@@ -301,6 +302,7 @@ def test_noise_route_defaults() -> None:
     ("seconds=0", 400), ("seconds=-1", 400), ("seconds=abc", 400), ("seconds=nan", 400),
     ("seconds=inf", 400), ("seconds=1e999", 400), ("seconds=1_0", 400), ("rate=16000", 400),
     ("rate=abc", 400), ("color=blue", 400), ("seconds=60.01", 413), ("seconds=3600", 413),
+    ("seconds=", 400), ("rate=", 400), ("color=", 400),
 ])
 def test_noise_bad_params(query: str, status: int) -> None:
     _, stub = make_web()

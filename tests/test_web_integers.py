@@ -60,7 +60,8 @@ def test_route_bounds_and_errors() -> None:
     resp, body = call(stub, "GET", "http://a/v1/integers?min=7&max=7&count=3")
     assert json.loads(body) == [7, 7, 7]
     for bad in ["min=1", "max=1", "min=2&max=1", f"min={-BOUND - 1}&max=0", f"min=0&max={BOUND + 1}",
-                "min=1&max=6&count=0", "min=1&max=6&count=10001", "min=a&max=6", "min=1&max=6&count=x"]:
+                "min=1&max=6&count=0", "min=1&max=6&count=10001", "min=a&max=6", "min=1&max=6&count=x",
+                "min=1&max=6&count=", "min=&max=6"]:
         resp, body = call(stub, "GET", f"http://a/v1/integers?{bad}")
         assert resp.code == 400, bad
         assert json.loads(body)["status"] == 400

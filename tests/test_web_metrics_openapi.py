@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from klein import Klein
 from prometheus_client.parser import text_string_to_metric_families
 
 from entropy_appliance.net.waiting import when_ready
@@ -70,14 +71,48 @@ def test_openapi_describes_every_route_and_the_limits() -> None:
     assert "Problem" in doc["components"]["schemas"]
 
 
-def test_openapi_registry_takes_other_modules_paths() -> None:
-    openapi.register_paths(lambda ctx: {"/v1/extension-test": {"get": {
-        "responses": {"200": {"description": f"limit {ctx.max_bytes}"}}}}},
-        schemas={"ExtensionTest": {"type": "object"}})
-    _, stub = make_web(max_bytes=77)
+def test_every_route_is_described_and_may_answer_414_and_429() -> None:
+    web, stub = make_web()
     doc = json.loads(call(stub, "GET", "http://a/openapi.json")[1])
-    assert doc["paths"]["/v1/extension-test"]["get"]["responses"]["200"]["description"] == "limit 77"
-    assert "ExtensionTest" in doc["components"]["schemas"]
+    for app in (web.app, web.media.app):
+        for rule, ops in openapi.operations(app):
+            assert set(ops) == {m.lower() for m in rule.methods} - {"head", "options"}, rule.rule
+    operations = [(path, method, op) for path, item in doc["paths"].items()
+                  for method, op in item.items()]
+    assert len(operations) == 14
+    for path, method, op in operations:
+        responses = op["responses"]
+        assert {"200", "414", "429"} <= set(responses), (path, method)
+        assert "application/problem+json" in responses["414"]["content"]
+        assert "Retry-After" in responses["429"]["headers"]
+    draws = {"/", "/v1/random", "/v1/integers", "/v1/uuid", "/v1/image/random", "/v1/image/heatmap",
+             "/v1/sound/noise", "/health"}
+    assert {path for path, _, op in operations if "503" in op["responses"]} == draws
+    sized = {path for path, _, op in operations if "413" in op["responses"]}
+    assert sized == {"/v1/random", "/v1/image/random", "/v1/image/heatmap", "/v1/sound/noise"}
+
+
+class Extension:
+    """A Klein app of its own, described beside its route as the appliance's are."""
+
+    app = Klein()
+
+    @app.route("/v1/extension/<int:n>", methods=["GET"])
+    @openapi.operation("getExtension", "An extension route.",
+                       parameters=[lambda ctx: {"name": "n", "in": "path", "required": True,
+                                                "schema": {"maximum": ctx.max_bytes}}],
+                       ok=openapi.ok("Fine.", {"text/plain": {"type": "string"}}), problems=[400])
+    def extension(self, request: object, n: int) -> bytes:
+        return b"%d" % n
+
+
+def test_a_route_described_beside_it_is_in_the_document() -> None:
+    doc = openapi.build_document([Extension().app], openapi.OpenAPIContext("1.2.3", 77))
+    op = doc["paths"]["/v1/extension/{n}"]["get"]
+    assert op["operationId"] == "getExtension"
+    assert op["parameters"][0]["schema"]["maximum"] == 77
+    assert list(op["responses"]) == ["200", "400", "414", "429"]
+    assert doc["info"]["version"] == "1.2.3"
 
 
 def test_metrics_tell_starved_from_failed() -> None:

@@ -107,6 +107,22 @@ def test_unknown_path_404_and_wrong_method_405() -> None:
     resp, _ = call(stub, "PUT", "http://a/")
     assert resp.code == 405
     assert "POST" in header(resp, "Allow")
+    # The mounted media app answers its own paths the same way.
+    resp, body = call(stub, "DELETE", "http://a/v1/image/random")
+    assert resp.code == 405 and json.loads(body)["status"] == 405
+    assert set(header(resp, "Allow").split(", ")) == {"GET", "HEAD"}
+    resp, body = call(stub, "GET", "http://a/v1/image/nothing")
+    assert resp.code == 404 and header(resp, "Content-Type") == "application/problem+json"
+
+
+def test_requests_are_counted_by_route_in_either_app() -> None:
+    web, stub = make_web()
+    call(stub, "GET", "http://a/v1/uuid")
+    call(stub, "GET", "http://a/v1/image/random?width=2&height=2")
+    call(stub, "GET", "http://a/v1/image/nothing")
+    text = web.metrics.render().decode()
+    for route, status in [("/v1/uuid", 200), ("/v1/image/random", 200), ("other", 404)]:
+        assert f'{{method="GET",route="{route}",status="{status}"}} 1.0' in text
 
 
 @pytest.mark.parametrize("path", ["/v1/random?bytes=16", "/v1/random?bytes=200000",

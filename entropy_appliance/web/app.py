@@ -1,6 +1,8 @@
 """
 The Klein web app: random bytes, integers, UUIDs, pollen, status, health,
-metrics and OpenAPI, all drawing from the one :class:`SeedPool`.
+metrics and OpenAPI, all drawing from the one :class:`SeedPool`; the
+pictures, sound, events and dashboard assets of
+:class:`~entropy_appliance.web.media.MediaWeb` are mounted under it.
 
 :class:`EntropyWeb` keeps ``app = Klein()`` as a class attribute, so routes
 are methods over instance state.  ``EntropyWeb(...).site()`` is the ONE
@@ -12,10 +14,11 @@ Hooks for other modules:
   ``/v1/status`` under its key; a mapping with a string ``"state"`` is also
   exported to ``/metrics`` as ``entropy_<key>_state{state="..."} 1``.
 - ``listeners``: endpoint descriptions reported by ``/v1/status``.
-- New routes: subclass, or add ``@EntropyWeb.app.route(...)`` methods, and
-  describe them with :func:`entropy_appliance.web.openapi.register_paths`.
-  Raise :mod:`entropy_appliance.web.problems` problems (``BadRequest`` and
-  friends) and parse parameters with :func:`parse_int` / :func:`parse_choice`
+- New routes: a method with ``@app.route(...)`` here (or in a mounted app
+  such as :class:`~entropy_appliance.web.media.MediaWeb`), described beside
+  it with :func:`entropy_appliance.web.openapi.operation`.  Raise
+  :mod:`entropy_appliance.web.problems` problems (``BadRequest`` and
+  friends) and parse parameters with :mod:`entropy_appliance.web.params`
   so errors stay RFC 9457.  Call :meth:`EntropyWeb.rng_headers` on every
   response that carries random data.
 - The landing page is ``web/static/index.html``.
@@ -27,7 +30,6 @@ No route reads ``os.urandom``: every random byte comes from
 from __future__ import annotations
 
 import json
-import re
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -38,18 +40,22 @@ from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
+from werkzeug.exceptions import NotFound as RoutingNotFound
 
 from entropy_appliance import __version__
 from entropy_appliance.core.pool import FailClosed, PoolState, SeedPool
 from entropy_appliance.net.waiting import when_ready
-from entropy_appliance.web import openapi, problems
+from entropy_appliance.web import openapi, params, problems
 from entropy_appliance.web.fastpath import FastRoutes, fast_channel_protocol
 from entropy_appliance.web.formats import DEFAULT_FORMAT, FORMATS, Format
+from entropy_appliance.web.media import MediaWeb
 from entropy_appliance.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from entropy_appliance.web.metrics import WebMetrics
-from entropy_appliance.web.pollen import render_pollen
+from entropy_appliance.web.params import parse_choice, parse_int
+from entropy_appliance.web.pollen import MAX_CHALLENGE, render_pollen
 from entropy_appliance.web.problems import BadRequest, PayloadTooLarge, ServiceUnavailable
 from entropy_appliance.web.streaming import CHUNK_SIZE, STREAM_THRESHOLD, stream_random
 
@@ -57,8 +63,6 @@ __all__ = [
     "EntropyWeb",
     "EntropySite",
     "FrontResource",
-    "parse_int",
-    "parse_choice",
     "uniform_integers",
     "DEFAULT_MAX_BYTES",
 ]
@@ -83,46 +87,7 @@ def draws_random(request: Request) -> bool:
     return path in RANDOM_PATHS
 
 JSON = b"application/json"
-_INT = re.compile(r"[+-]?[0-9]{1,40}")
 _U64 = 1 << 64
-
-
-def _arg(request: Request, name: str) -> str | None:
-    values = (request.args or {}).get(name.encode())
-    if not values:
-        return None
-    return values[0].decode("utf-8", "replace")
-
-
-def parse_int(request: Request, name: str, lo: int, hi: int | None,
-              default: int | None = None) -> int:
-    """
-    The integer query parameter ``name`` in [lo, hi] (``hi`` None: no upper
-    bound), or ``default`` when absent; raises :class:`problems.BadRequest`.
-    """
-    text = _arg(request, name)
-    if text is None:
-        if default is None:
-            raise BadRequest(f"the query parameter {name!r} is required")
-        return default
-    if not _INT.fullmatch(text.strip()):
-        raise BadRequest(f"{name}={text[:64]!r} is not an integer")
-    value = int(text)
-    if value < lo or (hi is not None and value > hi):
-        upper = "" if hi is None else f" and at most {hi}"
-        raise BadRequest(f"{name}={value} is out of range: it must be at least {lo}{upper}")
-    return value
-
-
-def parse_choice(request: Request, name: str, choices: Iterable[str], default: str) -> str:
-    """The query parameter ``name``, one of ``choices``; raises BadRequest."""
-    text = _arg(request, name)
-    if text is None:
-        return default
-    options = sorted(choices)
-    if text not in options:
-        raise BadRequest(f"{name}={text[:64]!r} is unknown; use one of {', '.join(options)}")
-    return text
 
 
 def uniform_integers(random_bytes: Callable[[int], bytes], count: int, lo: int, hi: int) -> list[int]:
@@ -286,6 +251,13 @@ class EntropyWeb:
     """The web surface of one appliance, over one seed pool."""
 
     app = Klein()
+
+    # Registered before the problem handlers, so that it is the one that runs.
+    @app.handle_errors(RoutingNotFound)
+    def _mounted(self, request: IRequest, failure: Failure) -> IResource:
+        """A path no route here knows is the media app's (which answers 404 if it has none)."""
+        return self.media.app.resource()
+
     problems.install(app)
 
     def __init__(
@@ -315,6 +287,7 @@ class EntropyWeb:
         self._landing = resources.files("entropy_appliance.web").joinpath(
             "static/index.html").read_bytes()
         self._routes: frozenset[str] | None = None
+        self.media = MediaWeb(self)
 
     # -- wiring ---------------------------------------------------------------
 
@@ -335,7 +308,8 @@ class EntropyWeb:
     def observe(self, request: Any) -> None:
         """Count one finished request by route (known paths only), method and status."""
         if self._routes is None:
-            self._routes = frozenset(r.rule for r in self.app.url_map.iter_rules())
+            self._routes = frozenset(r.rule for app in (self.app, self.media.app)
+                                     for r in app.url_map.iter_rules())
         path = request.path.decode("utf-8", "replace")
         route = path if path in self._routes else "other"
         method = request.method.decode("ascii", "replace")
@@ -371,7 +345,8 @@ class EntropyWeb:
         except FailClosed as e:
             raise ServiceUnavailable(e.reason, e.retry_after) from None
 
-    def _require_healthy(self) -> None:
+    def require_healthy(self) -> None:
+        """Raise :class:`problems.ServiceUnavailable` unless the pool serves."""
         if not self.pool.healthy:
             reason = self.pool.closed_reason or "not yet seeded"
             raise ServiceUnavailable(reason, self.pool.retry_after())
@@ -391,6 +366,31 @@ class EntropyWeb:
     # -- routes ---------------------------------------------------------------
 
     @app.route("/", methods=["GET", "POST"])
+    @openapi.operation(
+        "getRoot", "Landing page; with ?challenge= the pollen protocol.",
+        parameters=[{"name": "challenge", "in": "query", "required": False,
+                     "description": "A pollinate challenge (hex).",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": MAX_CHALLENGE}}],
+        ok=openapi.ok("The landing page, or the two-line pollen reply.",
+                      {"text/html": {"type": "string"}, "text/plain": {"type": "string"}}),
+        problems=[503],
+        responses={"400": {"description": "Empty or too long challenge.",
+                           "content": {"text/plain": {"schema": {"type": "string"}}}}})
+    @openapi.operation(
+        "postPollen", "The pollen protocol, as pollinate speaks it.", method="post",
+        request_body={"required": True, "content": {
+            "application/x-www-form-urlencoded": {"schema": {
+                "type": "object", "required": ["challenge"],
+                "properties": {"challenge": {"type": "string", "minLength": 1,
+                                             "maxLength": MAX_CHALLENGE}}}}}},
+        ok=openapi.ok(
+            "Two lines: hex SHA-512 of the challenge; hex SHA-512 of the challenge followed "
+            "by 64 random bytes.",
+            {"text/plain": {"type": "string", "pattern": "^[0-9a-f]{128}\\n[0-9a-f]{128}\\n$"}},
+            openapi.RNG_HEADERS),
+        problems=[503],
+        responses={"400": {"description": "Missing or empty challenge: use the pollinate client.",
+                           "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def root(self, request: Request) -> bytes:
         """Landing page, or the pollen protocol when a challenge is given."""
         if request.method == b"POST" or (request.args or {}).get(b"challenge"):
@@ -399,6 +399,21 @@ class EntropyWeb:
         return self._landing
 
     @app.route("/v1/random", methods=["GET"])
+    @openapi.operation(
+        "getRandom", "Random bytes from the CTR_DRBG.",
+        description=(
+            "N random bytes. Bodies above 64 KiB are streamed; if the core fails "
+            "closed mid-stream the connection is cut, so the body falls short of "
+            "Content-Length."),
+        parameters=[lambda ctx: params.BYTES.spec(maximum=ctx.max_bytes), params.FORMAT],
+        ok=openapi.ok("The random bytes in the asked format.", {
+            "application/octet-stream": {"type": "string",
+                                         "contentMediaType": "application/octet-stream"},
+            "text/plain": {"type": "string", "pattern": "^[0-9a-fA-F+/=]*$"},
+            "application/json": {"$ref": "#/components/schemas/RandomJson"},
+        }, openapi.RNG_HEADERS),
+        problems={400: None, 413: "More bytes asked for than this server's --max-bytes.",
+                  503: None})
     def random_route(self, request: Request) -> bytes | Deferred[bytes]:
         """``bytes`` random bytes in ``format``; streamed above 64 KiB."""
         n = parse_int(request, "bytes", 1, None)
@@ -410,7 +425,7 @@ class EntropyWeb:
         request.setHeader(b"Content-Type", fmt.content_type)
         request.setHeader(b"Content-Length", b"%d" % fmt.content_length(n))
         if request.method == b"HEAD":
-            self._require_healthy()
+            self.require_healthy()
             self.rng_headers(request)
             return b""
         if n <= STREAM_THRESHOLD:
@@ -422,12 +437,22 @@ class EntropyWeb:
         return stream_random(request, self.pool, n, fmt, first)
 
     @app.route("/v1/integers", methods=["GET"])
+    @openapi.operation(
+        "getIntegers", "Uniform random integers in [min, max], without modulo bias.",
+        parameters=[params.INTEGER_COUNT, params.INTEGER_MIN, params.INTEGER_MAX],
+        ok=openapi.ok("A JSON list of integers.", {"application/json": {
+            "type": "array", "minItems": 1, "maxItems": params.MAX_INTEGERS,
+            "items": {"type": "integer", "minimum": -params.INTEGER_BOUND,
+                      "maximum": params.INTEGER_BOUND}}}, openapi.RNG_HEADERS),
+        problems={400: "count, min or max missing (min and max are required), not an integer or "
+                       "out of range, or min greater than max (a constraint between two "
+                       "parameters, which the parameter schemas cannot state).",
+                  503: None})
     def integers(self, request: Request) -> bytes:
         """``count`` uniform integers in [min, max]."""
-        bound = openapi.INTEGER_BOUND
-        count = parse_int(request, "count", 1, openapi.MAX_INTEGERS, default=1)
-        lo = parse_int(request, "min", -bound, bound)
-        hi = parse_int(request, "max", -bound, bound)
+        count = params.INTEGER_COUNT.parse(request)
+        lo = params.INTEGER_MIN.parse(request)
+        hi = params.INTEGER_MAX.parse(request)
         if lo > hi:
             raise BadRequest(f"min={lo} is greater than max={hi}")
         values = uniform_integers(self.random, count, lo, hi)
@@ -435,9 +460,18 @@ class EntropyWeb:
         return self._json(request, values)
 
     @app.route("/v1/uuid", methods=["GET"])
+    @openapi.operation(
+        "getUuids", "Version 4 UUIDs (RFC 9562).",
+        parameters=[params.UUID_COUNT],
+        ok=openapi.ok("A JSON list of UUID strings.", {"application/json": {
+            "type": "array", "minItems": 1, "maxItems": params.MAX_UUIDS,
+            "items": {"type": "string", "format": "uuid", "pattern":
+                      "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"}}},
+            openapi.RNG_HEADERS),
+        problems=[400, 503])
     def uuids(self, request: Request) -> bytes:
         """``count`` version-4 UUIDs."""
-        count = parse_int(request, "count", 1, openapi.MAX_UUIDS, default=1)
+        count = params.UUID_COUNT.parse(request)
         raw = self.random(16 * count)
         values = [str(uuid.UUID(bytes=raw[i:i + 16], version=4)) for i in range(0, 16 * count, 16)]
         self.rng_headers(request)
@@ -458,12 +492,25 @@ class EntropyWeb:
         return doc
 
     @app.route("/v1/status", methods=["GET"])
+    @openapi.operation(
+        "getStatus", "A snapshot of the source, health tests, pool and DRBG.",
+        ok=openapi.ok("Status snapshot.", {"application/json": {"$ref": "#/components/schemas/Status"}}))
     def status_route(self, request: Request) -> bytes:
         """JSON status snapshot."""
         request.setHeader(b"Cache-Control", b"no-store")
         return self._json(request, self.status())
 
     @app.route("/health", methods=["GET"])
+    @openapi.operation(
+        "getHealth", "For load balancers: 200 while random bytes are served, or while starved "
+                     "for no longer than --seed-wait; 503 when failed or starved longer.",
+        ok=openapi.ok("Serving (ok), or briefly starved.",
+                      {"application/json": {"$ref": "#/components/schemas/Health"}}),
+        responses={"503": {"description": "Failed, or starved for longer than --seed-wait.",
+                           "headers": openapi.RETRY_AFTER, "content": {
+                               "application/problem+json": {"schema": {"allOf": [
+                                   {"$ref": "#/components/schemas/Problem"},
+                                   {"$ref": "#/components/schemas/HealthState"}]}}}}})
     def health(self, request: Request) -> bytes:
         """
         200 while random bytes are served, and while starved for no longer
@@ -485,6 +532,8 @@ class EntropyWeb:
         raise ServiceUnavailable(reason, pool.retry_after(), {"reason": pool.closed_reason, **doc})
 
     @app.route("/metrics", methods=["GET"])
+    @openapi.operation("getMetrics", "Prometheus metrics.",
+                       ok=openapi.ok("Prometheus text exposition.", {"text/plain": {"type": "string"}}))
     def metrics_route(self, request: Request) -> bytes:
         """Prometheus exposition."""
         request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE)
@@ -492,8 +541,10 @@ class EntropyWeb:
         return self.metrics.render()
 
     @app.route("/openapi.json", methods=["GET"])
+    @openapi.operation("getOpenAPI", "This document.",
+                       ok=openapi.ok("OpenAPI 3.1 document.", {"application/json": {"type": "object"}}))
     def openapi_route(self, request: Request) -> bytes:
-        """The OpenAPI 3.1 document of this instance."""
-        doc = openapi.build_document(openapi.OpenAPIContext(self.version, self.max_bytes))
+        """The OpenAPI 3.1 document of this instance, from the routes' own descriptions."""
+        doc = openapi.build_document([self.app, self.media.app],
+                                     openapi.OpenAPIContext(self.version, self.max_bytes))
         return self._json(request, doc)
-__import__("entropy_appliance.web.media", fromlist=["install"]).install(EntropyWeb.app)

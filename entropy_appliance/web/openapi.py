@@ -1,116 +1,81 @@
 """
-The OpenAPI 3.1 document of the web surface, assembled from a registry.
+The OpenAPI 3.1 document of the web surface, collected from the routes.
 
-Each module that adds routes also registers their description::
+Each route method carries its own description, written beside it::
 
-    from entropy_appliance.web import openapi
+    @app.route("/v1/uuid", methods=["GET"])
+    @openapi.operation("getUuids", "Version 4 UUIDs (RFC 9562).",
+                       parameters=[params.UUID_COUNT], problems=[400, 503],
+                       ok=openapi.ok("A JSON list of UUID strings.", ...))
+    def uuids(self, request: Request) -> bytes: ...
 
-    openapi.register_paths(
-        lambda ctx: {"/v1/image": {"get": {...}}},
-        schemas={"Image": {...}},
-    )
+:func:`build_document` walks the routes of the Klein apps it is given and
+puts each described method under its path.  A parameter is a
+:mod:`~entropy_appliance.web.params` object (or a function of the
+:class:`OpenAPIContext`, for a limit of the running instance such as
+``--max-bytes``), so the document states the limits the routes enforce.
 
-A path builder is called with an :class:`OpenAPIContext` (limits of the
-running instance, e.g. ``max_bytes``) each time the document is built, so
-the document states the limits the server enforces.  The reusable pieces
-(:func:`problem_responses`, :func:`int_param`, :data:`RNG_HEADERS`) keep
-error responses and headers described the same way everywhere.
+Every operation also lists the problems that any request can meet before
+it reaches its route: 414 (a request line or header line longer than the
+HTTP/1.1 channel reads) and 429 (past ``--peer-rate``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+import inspect
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
-from entropy_appliance.web.formats import FORMATS
-from entropy_appliance.web.pollen import MAX_CHALLENGE
+from entropy_appliance.web.limits import LimitedHTTPChannel
 
 __all__ = [
     "OpenAPIContext",
-    "register_paths",
+    "Operation",
+    "operation",
+    "operations",
     "build_document",
     "problem_responses",
-    "int_param",
+    "ok",
     "RNG_HEADERS",
-    "INTEGER_BOUND",
-    "MAX_INTEGERS",
-    "MAX_UUIDS",
+    "NO_STORE",
+    "RETRY_AFTER",
+    "SCHEMAS",
 ]
 
-#: Limits of /v1/integers and /v1/uuid, enforced by the routes.
-INTEGER_BOUND = 10**18
-MAX_INTEGERS = 10000
-MAX_UUIDS = 1000
+F = TypeVar("F", bound=Callable[..., Any])
 
-PathBuilder = Callable[["OpenAPIContext"], dict[str, Any]]
+#: The attribute of a route function that holds its operations, by method.
+_ATTRIBUTE = "__openapi_operations__"
 
 
 @dataclass(frozen=True)
 class OpenAPIContext:
-    """What a path builder may need to know about the running instance."""
+    """What an operation's description may need to know about the running instance."""
 
     version: str
     max_bytes: int
 
 
-_builders: list[PathBuilder] = []
-_schemas: dict[str, Any] = {}
+class _Param(Protocol):
+    def spec(self) -> dict[str, Any]: ...
 
 
-def register_paths(paths: PathBuilder | Mapping[str, Any],
-                   schemas: Mapping[str, Any] | None = None) -> None:
-    """
-    Add paths (a mapping, or a builder taking an :class:`OpenAPIContext`)
-    and component schemas to every document built from now on.
-    """
-    if callable(paths):
-        _builders.append(paths)
-    else:
-        fixed = dict(paths)
-        _builders.append(lambda ctx: fixed)
-    if schemas:
-        _schemas.update(schemas)
+Parameter = _Param | Mapping[str, Any] | Callable[[OpenAPIContext], Mapping[str, Any]]
 
-
-def _problem_ref() -> dict[str, Any]:
-    return {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
-
-
-_RETRY_AFTER = {
+RETRY_AFTER: dict[str, Any] = {
     "Retry-After": {"description": "Seconds to wait before retrying.",
                     "schema": {"type": "string", "pattern": "^[0-9]+$"}, "required": True},
 }
-_ALLOW = {
-    "Allow": {"description": "The methods this route accepts.",
-              "schema": {"type": "string"}, "required": True},
-}
 
-_ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
-    400: ("A parameter is missing, not an integer, out of range, or unknown.", {}),
-    404: ("No such route.", {}),
-    405: ("The route does not accept this method.", _ALLOW),
-    413: ("More bytes asked for than the server's --max-bytes.", {}),
-    503: ("The source failed (health tests or reads): the appliance fails closed; or the seed "
-          "pool stayed starved for longer than --seed-wait.  Retry later.", _RETRY_AFTER),
-}
-
-
-def problem_responses(*statuses: int) -> dict[str, Any]:
-    """RFC 9457 error responses for ``statuses`` (any of 400, 404, 405, 413, 503)."""
-    out: dict[str, Any] = {}
-    for status in statuses:
-        description, headers = _ERRORS[status]
-        response: dict[str, Any] = {"description": description, "content": _problem_ref()}
-        if headers:
-            response["headers"] = headers
-        out[str(status)] = response
-    return out
-
-
-RNG_HEADERS: dict[str, Any] = {
+NO_STORE: dict[str, Any] = {
     "Cache-Control": {"description": "Always no-store: random bytes are never cached.",
                       "schema": {"type": "string", "const": "no-store"}},
+}
+
+RNG_HEADERS: dict[str, Any] = {
+    **NO_STORE,
     "X-RNG-Source": {"description": "Name of the entropy source that seeds the DRBG.",
                      "schema": {"type": "string"}},
     "X-RNG-Source-Kind": {"description": "Kind of the entropy source (kernel, quantis, hwrng, ...).",
@@ -122,166 +87,144 @@ RNG_HEADERS: dict[str, Any] = {
                                  "schema": {"type": "string", "pattern": "^[0-9]+$"}},
 }
 
+#: Problems, by status: the default description and the headers each carries.
+_PROBLEMS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: ("A parameter is missing, not an integer, out of range, or unknown.", {}),
+    404: ("No such route.", {}),
+    413: ("More asked for than this server makes in one answer.", {}),
+    414: (f"The request line or a header line is longer than {LimitedHTTPChannel.MAX_LENGTH} "
+          "bytes; the connection is closed after this answer.", {}),
+    429: ("This client (an IPv4 address, or an IPv6 /64) is past --peer-rate requests per "
+          "second; retry after Retry-After seconds.", RETRY_AFTER),
+    503: ("The source failed (health tests or reads): the appliance fails closed; or the seed "
+          "pool stayed starved for longer than --seed-wait.  Retry later.", RETRY_AFTER),
+}
 
-def _with_description(responses: dict[str, Any], status: str, text: str) -> dict[str, Any]:
-    """``responses`` with the description of ``status`` replaced by ``text``."""
-    responses[status] = {**responses[status], "description": text}
-    return responses
+#: What any request may be answered before its route sees it.
+_ANY_REQUEST = (414, 429)
 
 
-def int_param(name: str, description: str, lo: int, hi: int, default: int | None = None,
-              required: bool = False) -> dict[str, Any]:
-    """A query parameter holding an integer in [lo, hi]."""
-    schema: dict[str, Any] = {"type": "integer", "minimum": lo, "maximum": hi}
-    if default is not None:
-        schema["default"] = default
-    return {"name": name, "in": "query", "required": required,
-            "description": description, "schema": schema}
+def problem_responses(*statuses: int) -> dict[str, Any]:
+    """RFC 9457 error responses for ``statuses`` (any of 400, 404, 413, 414, 429, 503)."""
+    out: dict[str, Any] = {}
+    for status in statuses:
+        description, headers = _PROBLEMS[status]
+        response: dict[str, Any] = {"description": description, "content": {
+            "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        if headers:
+            response["headers"] = headers
+        out[str(status)] = response
+    return out
 
 
-def _core_paths(ctx: OpenAPIContext) -> dict[str, Any]:
-    random_headers = RNG_HEADERS
-    fmt_names = sorted(FORMATS)
+def ok(description: str, content: Mapping[str, Any],
+       headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A 200 response: ``content`` maps media types to schemas."""
+    response: dict[str, Any] = {"description": description,
+                                "content": {t: {"schema": s} for t, s in content.items()}}
+    if headers:
+        response["headers"] = dict(headers)
+    return response
+
+
+@dataclass(frozen=True)
+class Operation:
+    """
+    One method of one route, as the document describes it.  ``problems``
+    lists the problem statuses the route answers, each with its default
+    description or, mapped to text, with the route's own; ``responses`` holds
+    any other response, written out.
+    """
+
+    operation_id: str
+    summary: str
+    ok: Mapping[str, Any]
+    description: str = ""
+    parameters: Sequence[Parameter] = ()
+    problems: Mapping[int, str | None] = field(default_factory=dict)
+    responses: Mapping[str, Any] = field(default_factory=dict)
+    request_body: Mapping[str, Any] | None = None
+
+    def render(self, ctx: OpenAPIContext) -> dict[str, Any]:
+        """The Operation Object for the running instance."""
+        op: dict[str, Any] = {"summary": self.summary, "operationId": self.operation_id}
+        if self.description:
+            op["description"] = self.description
+        if self.parameters:
+            op["parameters"] = [_parameter(p, ctx) for p in self.parameters]
+        if self.request_body is not None:
+            op["requestBody"] = dict(self.request_body)
+        responses: dict[str, Any] = {"200": dict(self.ok)}
+        for status in sorted({*self.problems, *_ANY_REQUEST}):
+            (key, response), = problem_responses(status).items()
+            text = self.problems.get(status)
+            responses[key] = {**response, "description": text} if text else response
+        responses.update(self.responses)
+        op["responses"] = dict(sorted(responses.items()))
+        return op
+
+
+def _parameter(p: Parameter, ctx: OpenAPIContext) -> dict[str, Any]:
+    if isinstance(p, Mapping):
+        return dict(p)
+    spec = getattr(p, "spec", None)
+    if spec is not None:
+        return dict(spec())
+    assert callable(p)
+    return dict(p(ctx))
+
+
+def operation(operation_id: str, summary: str, *, ok: Mapping[str, Any], method: str = "get",
+              description: str = "", parameters: Sequence[Parameter] = (),
+              problems: Mapping[int, str | None] | Iterable[int] = (),
+              responses: Mapping[str, Any] | None = None,
+              request_body: Mapping[str, Any] | None = None) -> Callable[[F], F]:
+    """Describe ``method`` of the route the decorated function answers; stack one per method."""
+    statuses = problems if isinstance(problems, Mapping) else dict.fromkeys(problems)
+    op = Operation(operation_id, summary, ok, description, tuple(parameters), statuses,
+                   dict(responses or {}), request_body)
+
+    def describe(f: F) -> F:
+        f.__dict__.setdefault(_ATTRIBUTE, {})[method] = op
+        return f
+
+    return describe
+
+
+def operations(app: Any) -> Iterator[tuple[Any, dict[str, Operation]]]:
+    """Each werkzeug rule of the Klein ``app`` with the operations of its route, by method."""
+    for rule in app.url_map.iter_rules():
+        handler = inspect.unwrap(app.endpoints[rule.endpoint])
+        yield rule, dict(getattr(handler, _ATTRIBUTE, {}))
+
+
+_CONVERTER = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
+
+
+def build_document(apps: Iterable[Any], ctx: OpenAPIContext) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document of the routes of the Klein ``apps``."""
+    paths: dict[str, Any] = {}
+    for app in apps:
+        for rule, ops in operations(app):
+            for method, op in ops.items():
+                paths.setdefault(_CONVERTER.sub(r"{\1}", rule.rule), {})[method] = op.render(ctx)
     return {
-        "/v1/random": {"get": {
-            "summary": "Random bytes from the CTR_DRBG.",
+        "openapi": "3.1.0",
+        "info": {
+            "title": "entropy-appliance",
+            "version": ctx.version,
             "description": (
-                "N random bytes. Bodies above 64 KiB are streamed; if the core fails "
-                "closed mid-stream the connection is cut, so the body falls short of "
-                "Content-Length."),
-            "operationId": "getRandom",
-            "parameters": [
-                int_param("bytes", (
-                    f"How many random bytes, 1 to this server's --max-bytes ({ctx.max_bytes}). "
-                    "Below 1 or not an integer is 400; above --max-bytes is 413."),
-                    1, ctx.max_bytes, required=True),
-                {"name": "format", "in": "query", "required": False,
-                 "description": "binary (default), hex, base64, or json.",
-                 "schema": {"type": "string", "enum": fmt_names, "default": "binary"}},
-            ],
-            "responses": {
-                "200": {
-                    "description": "The random bytes in the asked format.",
-                    "headers": random_headers,
-                    "content": {
-                        "application/octet-stream": {"schema": {
-                            "type": "string", "contentMediaType": "application/octet-stream"}},
-                        "text/plain": {"schema": {"type": "string", "pattern": "^[0-9a-fA-F+/=]*$"}},
-                        "application/json": {"schema": {"$ref": "#/components/schemas/RandomJson"}},
-                    },
-                },
-                **problem_responses(400, 413, 503),
-            },
-        }},
-        "/v1/integers": {"get": {
-            "summary": "Uniform random integers in [min, max], without modulo bias.",
-            "operationId": "getIntegers",
-            "parameters": [
-                int_param("count", "How many integers.", 1, MAX_INTEGERS, default=1),
-                int_param("min", "Smallest value (inclusive); min > max is a 400.",
-                          -INTEGER_BOUND, INTEGER_BOUND, required=True),
-                int_param("max", "Largest value (inclusive); max >= min.",
-                          -INTEGER_BOUND, INTEGER_BOUND, required=True),
-            ],
-            "responses": {
-                "200": {"description": "A JSON list of integers.", "headers": random_headers,
-                        "content": {"application/json": {"schema": {
-                            "type": "array", "minItems": 1, "maxItems": MAX_INTEGERS,
-                            "items": {"type": "integer", "minimum": -INTEGER_BOUND,
-                                      "maximum": INTEGER_BOUND}}}}},
-                **_with_description(problem_responses(400, 503), "400", (
-                    "count, min or max missing (min and max are required), not an integer or "
-                    "out of range, or min greater than max (a constraint between two "
-                    "parameters, which the parameter schemas cannot state).")),
-            },
-        }},
-        "/v1/uuid": {"get": {
-            "summary": "Version 4 UUIDs (RFC 9562).",
-            "operationId": "getUuids",
-            "parameters": [int_param("count", "How many UUIDs.", 1, MAX_UUIDS, default=1)],
-            "responses": {
-                "200": {"description": "A JSON list of UUID strings.", "headers": random_headers,
-                        "content": {"application/json": {"schema": {
-                            "type": "array", "minItems": 1, "maxItems": MAX_UUIDS,
-                            "items": {"type": "string", "format": "uuid", "pattern":
-                                      "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"}}}}},
-                **problem_responses(400, 503),
-            },
-        }},
-        "/v1/status": {"get": {
-            "summary": "A snapshot of the source, health tests, pool and DRBG.",
-            "operationId": "getStatus",
-            "responses": {"200": {"description": "Status snapshot.", "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/Status"}}}}},
-        }},
-        "/health": {"get": {
-            "summary": "For load balancers: 200 while random bytes are served, or while starved "
-                       "for no longer than --seed-wait; 503 when failed or starved longer.",
-            "operationId": "getHealth",
-            "responses": {
-                "200": {"description": "Serving (ok), or briefly starved.", "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}}},
-                "503": {"description": "Failed, or starved for longer than --seed-wait.",
-                        "headers": _RETRY_AFTER, "content": {
-                            "application/problem+json": {"schema": {"allOf": [
-                                {"$ref": "#/components/schemas/Problem"},
-                                {"$ref": "#/components/schemas/HealthState"}]}}}},
-            },
-        }},
-        "/metrics": {"get": {
-            "summary": "Prometheus metrics.",
-            "operationId": "getMetrics",
-            "responses": {"200": {"description": "Prometheus text exposition.", "content": {
-                "text/plain": {"schema": {"type": "string"}}}}},
-        }},
-        "/openapi.json": {"get": {
-            "summary": "This document.",
-            "operationId": "getOpenAPI",
-            "responses": {"200": {"description": "OpenAPI 3.1 document.", "content": {
-                "application/json": {"schema": {"type": "object"}}}}},
-        }},
-        "/": {
-            "get": {
-                "summary": "Landing page; with ?challenge= the pollen protocol.",
-                "operationId": "getRoot",
-                "parameters": [{"name": "challenge", "in": "query", "required": False,
-                                "description": "A pollinate challenge (hex).",
-                                "schema": {"type": "string", "minLength": 1,
-                                           "maxLength": MAX_CHALLENGE}}],
-                "responses": {
-                    "200": {"description": "The landing page, or the two-line pollen reply.",
-                            "content": {"text/html": {"schema": {"type": "string"}},
-                                        "text/plain": {"schema": {"type": "string"}}}},
-                    "400": {"description": "Empty or too long challenge.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    **problem_responses(503),
-                },
-            },
-            "post": {
-                "summary": "The pollen protocol, as pollinate speaks it.",
-                "operationId": "postPollen",
-                "requestBody": {"required": True, "content": {
-                    "application/x-www-form-urlencoded": {"schema": {
-                        "type": "object", "required": ["challenge"],
-                        "properties": {"challenge": {"type": "string", "minLength": 1,
-                                                     "maxLength": MAX_CHALLENGE}}}}}},
-                "responses": {
-                    "200": {"description": (
-                        "Two lines: hex SHA-512 of the challenge; hex SHA-512 of the "
-                        "challenge followed by 64 random bytes."),
-                        "headers": random_headers,
-                        "content": {"text/plain": {"schema": {
-                            "type": "string", "pattern": "^[0-9a-f]{128}\\n[0-9a-f]{128}\\n$"}}}},
-                    "400": {"description": "Missing or empty challenge: use the pollinate client.",
-                            "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    **problem_responses(503),
-                },
-            },
+                "Health-tested CTR_DRBG randomness over HTTP(S): bytes, integers, "
+                "UUIDs, the pollen protocol, status and metrics. Errors are RFC 9457 "
+                "application/problem+json."),
         },
+        "paths": paths,
+        "components": {"schemas": dict(SCHEMAS)},
     }
 
 
-_CORE_SCHEMAS: dict[str, Any] = {
+#: The component schemas the operations refer to.
+SCHEMAS: dict[str, Any] = {
     "Problem": {
         "type": "object",
         "description": "RFC 9457 problem details.",
@@ -346,26 +289,3 @@ _CORE_SCHEMAS: dict[str, Any] = {
         },
     },
 }
-
-register_paths(_core_paths, _CORE_SCHEMAS)
-
-
-def build_document(ctx: OpenAPIContext) -> dict[str, Any]:
-    """The whole OpenAPI 3.1 document, from every registered builder."""
-    paths: dict[str, Any] = {}
-    for builder in _builders:
-        for path, item in builder(ctx).items():
-            paths.setdefault(path, {}).update(item)
-    return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "entropy-appliance",
-            "version": ctx.version,
-            "description": (
-                "Health-tested CTR_DRBG randomness over HTTP(S): bytes, integers, "
-                "UUIDs, the pollen protocol, status and metrics. Errors are RFC 9457 "
-                "application/problem+json."),
-        },
-        "paths": paths,
-        "components": {"schemas": dict(_schemas)},
-    }
