@@ -8,7 +8,9 @@ Operations end to end, against ``twist entropy`` subprocesses on loopback:
   fingerprint, an established connection keeps working, and a bad
   certificate is logged while the last good one stays;
 - per-peer limits configured from the environment: a greedy client on
-  127.0.0.2 is limited while 127.0.0.1 is served normally.
+  127.0.0.2 is limited while 127.0.0.1 is served normally;
+- request heads: a slow one is cut off after --header-timeout, an
+  over-long request line is a 414 problem.
 """
 
 from __future__ import annotations
@@ -250,5 +252,43 @@ def test_a_greedy_peer_is_limited_while_another_is_served(tmp_path: Path) -> Non
         other.close()
         for s in streams:
             s.close()
+    finally:
+        app.stop()
+
+
+def test_request_heads_are_bounded_in_time_and_length(tmp_path: Path) -> None:
+    """
+    A client that sends half a request head is cut off --header-timeout
+    seconds later, unanswered; a request line longer than the server reads
+    is answered with a 414 problem and the connection closed.  A prompt
+    client meanwhile is served.
+    """
+    app = start_appliance(tmp_path, "--source", "kernel", "--header-timeout", "1",
+                          "--stream", "none", "--https", "none")
+    try:
+        wait_seeded(app)
+        slow = socket.create_connection(("127.0.0.1", app.ports["http"]), timeout=10)
+        started = time.monotonic()
+        slow.sendall(b"GET /health HTTP/1.1\r\nHost: a\r\n")
+        try:
+            assert slow.recv(1024) == b""
+        except ConnectionResetError:
+            pass  # aborted: the usual end
+        assert 0.9 <= time.monotonic() - started < 8
+        slow.close()
+
+        conn = http.client.HTTPConnection("127.0.0.1", app.ports["http"], timeout=10)
+        conn.request("GET", "/v1/uuid?count=1&pad=" + "a" * 70000)
+        resp = conn.getresponse()
+        body = resp.read()
+        assert resp.status == 414 and resp.getheader("Connection") == "close"
+        assert resp.getheader("Content-Type") == "application/problem+json"
+        assert json.loads(body)["status"] == 414
+        conn.close()
+
+        conn = http.client.HTTPConnection("127.0.0.1", app.ports["http"], timeout=10)
+        conn.request("GET", "/v1/uuid")
+        assert conn.getresponse().status == 200
+        conn.close()
     finally:
         app.stop()

@@ -15,6 +15,9 @@ Two things the document states in words because JSON Schema cannot:
   above 60 are rejected with 413 (Payload Too Large), as the issues require.
   The parameter schemas carry those maxima, and 413 is a documented
   response of each route, so the fuzzer is told that 413 is a rejection too.
+- Every operation documents 414 (a request line over 64 KiB, which long
+  generated values can reach) and 429; the appliance runs with
+  ``--peer-rate 0`` here, so that the fuzzer's pace meets no 429.
 - ``/v1/integers`` answers 400 when ``min > max``, a constraint between two
   parameters.  Generated cases keep ``min <= max``, so that the valid-data
   check tests what the document promises; the 400 itself is tested in

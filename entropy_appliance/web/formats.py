@@ -13,7 +13,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 
-__all__ = ["Format", "FORMATS", "DEFAULT_FORMAT", "get_format"]
+__all__ = ["Format", "FORMATS", "DEFAULT_FORMAT"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,3 @@ FORMATS: dict[str, Format] = {
 }
 
 DEFAULT_FORMAT = "binary"
-
-
-def get_format(name: str) -> Format | None:
-    """The format called ``name``, or None."""
-    return FORMATS.get(name)

@@ -174,6 +174,24 @@ class MediaWeb:
     def __init__(self, host: MediaHost) -> None:
         self.host = host
 
+    def _random_file(self, request: Request, need: int, surface: str, content_type: bytes,
+                     encode: Callable[..., bytes], *args: Any) -> bytes | Deferred[bytes]:
+        """
+        A file that ``encode(data_source, *args)`` makes of ``need`` random
+        bytes, drawn here and encoded off the reactor thread; for HEAD, its
+        headers only (or the 503 of a pool that does not serve).
+        """
+        host = self.host
+        if request.method == b"HEAD":
+            host.require_healthy()
+            host.rng_headers(request)
+            request.setHeader(b"Content-Type", content_type)
+            return b""
+        raw = host.random(need, surface=surface)
+        host.rng_headers(request)
+        d = _offload(host.clock, encode, _drawn(raw), *args)
+        return d.addCallback(_send, request, content_type)
+
     @app.route("/v1/image/random", methods=["GET"])
     @openapi.operation(
         "getRandomImage", "A PNG image of random bytes from the CTR_DRBG.",
@@ -187,19 +205,11 @@ class MediaWeb:
                   413: _TOO_BIG, 503: _FAILS_CLOSED})
     def image_random(self, request: Request) -> bytes | Deferred[bytes]:
         """A PNG of random bytes."""
-        host = self.host
         width = params.WIDTH.parse(request)
         height = params.HEIGHT.parse(request)
         mode = params.MODE.parse(request)
-        if request.method == b"HEAD":
-            host.require_healthy()
-            host.rng_headers(request)
-            request.setHeader(b"Content-Type", b"image/png")
-            return b""
-        raw = host.random(rendering.image_bytes_needed(width, height, mode), surface="image")
-        host.rng_headers(request)
-        d = _offload(host.clock, rendering.random_png, _drawn(raw), width, height, mode)
-        return d.addCallback(_send, request, b"image/png")
+        return self._random_file(request, rendering.image_bytes_needed(width, height, mode),
+                                 "image", b"image/png", rendering.random_png, width, height, mode)
 
     @app.route("/v1/image/heatmap", methods=["GET"])
     @openapi.operation(
@@ -262,7 +272,6 @@ class MediaWeb:
                   413: f"seconds above {rendering.MAX_SECONDS:g}.", 503: _FAILS_CLOSED})
     def sound_noise(self, request: Request) -> bytes | Deferred[bytes]:
         """A 16-bit mono WAV of noise shaped from random bytes."""
-        host = self.host
         seconds = params.SECONDS.parse(request)
         rate = params.RATE.parse(request)
         color = params.COLOR.parse(request)
@@ -270,15 +279,8 @@ class MediaWeb:
             need = rendering.noise_bytes_needed(seconds, rate, color)
         except rendering.MediaParamError as e:
             raise _problem(e) from None
-        if request.method == b"HEAD":
-            host.require_healthy()
-            host.rng_headers(request)
-            request.setHeader(b"Content-Type", b"audio/wav")
-            return b""
-        raw = host.random(need, surface="sound")
-        host.rng_headers(request)
-        d = _offload(host.clock, rendering.noise_wav, _drawn(raw), seconds, rate, color)
-        return d.addCallback(_send, request, b"audio/wav")
+        return self._random_file(request, need, "sound", b"audio/wav", rendering.noise_wav,
+                                 seconds, rate, color)
 
     @app.route("/v1/events", methods=["GET"])
     @openapi.operation(
