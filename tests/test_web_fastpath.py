@@ -22,13 +22,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.net.limits import (
-    InFlight,
-    PeerGuard,
-    PeerPolicy,
-    PeerRateLimiter,
-    RateLimitedResource,
-)
+from entropy_appliance.core.peers import PeerPolicy, PeerRateLimiter
+from entropy_appliance.net.limits import InFlight, PeerGuard
 from entropy_appliance.web import EntropyWeb
 from entropy_appliance.web.app import EntropySite
 from entropy_appliance.web.fastpath import (
@@ -37,6 +32,7 @@ from entropy_appliance.web.fastpath import (
     FastHTTPChannel,
     StreamedBody,
 )
+from entropy_appliance.web.limits import RateLimitedResource, limit_site
 from tests.web_helpers import failed_pool, seeded_pool
 
 CHALLENGE = hashlib.sha512(os.urandom(64)).hexdigest().encode()
@@ -451,8 +447,7 @@ def test_peer_bandwidth_holds_a_streamed_body_back() -> None:
     web = EntropyWeb(seeded_pool(clock), clock)
     site = web.site(timeout=None, reactor=clock)
     guard = PeerGuard(PeerPolicy(bandwidth=rate, idle_timeout=0), clock)
-    site.resource = guard.wrap_resource(site.resource, observe=web.observe)
-    factory = guard.wrap_http(site)
+    factory = limit_site(site, guard, observe=web.observe)
     addr = IPv4Address("TCP", "192.0.2.1", 40000)
     proto = factory.buildProtocol(addr)
     transport = StringTransport(peerAddress=addr)

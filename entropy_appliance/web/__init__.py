@@ -1,5 +1,5 @@
 """The web surface: one Klein app served by one Site on every HTTP(S) endpoint."""
 
-from entropy_appliance.web.app import EntropySite, EntropyWeb, parse_choice, parse_int
+from entropy_appliance.web.app import EntropySite, EntropyWeb
 
-__all__ = ["EntropyWeb", "EntropySite", "parse_int", "parse_choice"]
+__all__ = ["EntropyWeb", "EntropySite"]

@@ -49,8 +49,9 @@ from zope.interface import implementer
 
 from entropy_appliance.core.pool import FailClosed, IClock, SeedPool, Starved
 from entropy_appliance.net.waiting import when_ready
+from entropy_appliance.web.limits import LimitedHTTPChannel
 from entropy_appliance.web.pollen import MAX_CHALLENGE, POLLEN_BYTES, TEXT_PLAIN, pollen_reply
-from entropy_appliance.web.problems import PROBLEM_JSON, ServiceUnavailable, URITooLong, problem_body
+from entropy_appliance.web.problems import PROBLEM_JSON, ServiceUnavailable, problem_body
 
 __all__ = ["FastRoutes", "FastHTTPChannel", "StreamedBody", "fast_channel_protocol",
            "FAST_MAX_BYTES", "STREAM_CHUNK"]
@@ -348,30 +349,16 @@ class StreamedBody:
             self._inflight.leave()
 
 
-class FastHTTPChannel(http.HTTPChannel):
+class FastHTTPChannel(LimitedHTTPChannel):
     """
-    ``HTTPChannel`` that answers complete, plain fast-path requests itself
-    and hands everything else to its parent class at a request boundary.
+    ``HTTPChannel`` (with the request-head limits of
+    :class:`~entropy_appliance.web.limits.LimitedHTTPChannel`) that answers
+    complete, plain fast-path requests itself and hands everything else to
+    its parent class at a request boundary.
     """
 
     _body: StreamedBody | None = None
     _serving = False
-
-    #: The longest request the OpenAPI document admits (a 4096-character
-    #: pollen challenge, percent-encoded UTF-8, in the query) must fit; the
-    #: line parser's own default is 16 KiB.
-    MAX_LENGTH = 65536
-    totalHeadersSize = 65536
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        """Answer an over-long line with a 414 problem, not a silent hang-up."""
-        problem = URITooLong(f"a request line or header is over {self.MAX_LENGTH} bytes")
-        body = problem_body(problem)
-        assert self.transport is not None
-        self.transport.write(
-            b"HTTP/1.1 414 URI Too Long\r\nContent-Type: " + PROBLEM_JSON
-            + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
-        self.transport.loseConnection()
 
     def dataReceived(self, data: bytes) -> None:
         """Answer what the fast path can, then let ``HTTPChannel`` parse the rest."""
