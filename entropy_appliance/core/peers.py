@@ -62,7 +62,7 @@ class Clock(Protocol):
 
 @dataclass(frozen=True)
 class PeerPolicy:
-    """The limits, as validated by the tap; 0 turns one off."""
+    """The limits, as the options validate them; 0 turns one off."""
 
     streams: int = DEFAULT_PEER_STREAMS
     rate: float = DEFAULT_PEER_RATE

@@ -6,7 +6,7 @@ pictures, sound, events and dashboard assets of
 
 :class:`EntropyWeb` keeps ``app = Klein()`` as a class attribute, so routes
 are methods over instance state.  ``EntropyWeb(...).site()`` is the ONE
-``Site`` that ``tap.py`` serves on every HTTP, HTTPS and onion endpoint.
+``Site`` that ``app/build.py`` serves on every HTTP, HTTPS and onion endpoint.
 
 Hooks for other modules:
 
