@@ -9,6 +9,7 @@ from zope.interface.verify import verifyObject
 
 from entropy_appliance.core.pool import SeedPool
 from entropy_appliance.core.states import PoolState, SourceState
+from entropy_appliance.net.body import BodyWriter
 from entropy_appliance.net.stream import MAX_CLIENT_INPUT, StreamFactory, StreamProtocol
 from tests.test_pool import FakeSource, pipeline, seed_fully, slow_pipeline, stuck
 
@@ -20,11 +21,18 @@ def connect(pool: SeedPool, chunk: int = 4096) -> tuple[StreamProtocol, StringTr
     return proto, transport
 
 
+def ask(proto: StreamProtocol) -> None:
+    """The transport asks the stream's producer for more, as a draining socket does."""
+    assert proto.body is not None
+    proto.body.resumeProducing()
+
+
 def test_registers_a_pull_producer() -> None:
     pool, _, _ = pipeline(FakeSource())
     proto, transport = connect(pool)
-    assert verifyObject(IPullProducer, proto)
-    assert transport.producer is proto
+    assert isinstance(proto.body, BodyWriter)
+    assert verifyObject(IPullProducer, proto.body)
+    assert transport.producer is proto.body
     assert transport.streaming is False
 
 
@@ -35,7 +43,7 @@ def test_backpressure_one_chunk_per_pull() -> None:
     assert transport.value() == b""
     # A slow reader: the transport asks three times in all.
     for _ in range(3):
-        proto.resumeProducing()
+        ask(proto)
     data = transport.value()
     assert len(data) == 3 * 4096
     assert len(set(data[i:i + 16] for i in range(0, len(data), 16))) == len(data) // 16
@@ -45,10 +53,10 @@ def test_backpressure_one_chunk_per_pull() -> None:
 def test_stops_on_connection_lost() -> None:
     pool, _, _ = pipeline(FakeSource())
     proto, transport = connect(pool)
-    proto.resumeProducing()
+    ask(proto)
     proto.connectionLost()
     before = len(transport.value())
-    proto.resumeProducing()
+    ask(proto)
     assert len(transport.value()) == before
 
 
@@ -56,13 +64,13 @@ def test_fail_closed_closes_without_sending() -> None:
     source = FakeSource()
     pool, _, clock = pipeline(source)
     proto, transport = connect(pool)
-    proto.resumeProducing()
+    ask(proto)
     sent = len(transport.value())
     source.make = stuck
     while pool.status().source.state is not SourceState.FAILED:
         pool.take_raw(512) if pool.status().buffer.fill_bytes > 2048 else pool.nudge()
     clock.advance(1.0)
-    proto.resumeProducing()
+    ask(proto)
     assert len(transport.value()) == sent
     assert transport.disconnecting
     assert transport.producer is None
@@ -71,7 +79,7 @@ def test_fail_closed_closes_without_sending() -> None:
 def test_connection_before_the_first_seed_waits_then_flows() -> None:
     pool, source, held, clock = slow_pipeline()
     proto, transport = connect(pool)
-    proto.resumeProducing()
+    ask(proto)
     assert transport.value() == b""
     assert not transport.disconnecting
     seed_fully(pool, held)
@@ -82,12 +90,12 @@ def test_starved_stream_pauses_and_resumes_without_hanging_up() -> None:
     pool, source, held, clock = slow_pipeline()
     seed_fully(pool, held)
     proto, transport = connect(pool)
-    proto.resumeProducing()
+    ask(proto)
     assert len(transport.value()) == 4096
     pool._buffer.clear()
     clock.advance(1.0)  # a reseed is due, and the buffer is empty
-    proto.resumeProducing()
-    proto.resumeProducing()  # asked again while waiting: still nothing, no double wait
+    ask(proto)
+    ask(proto)  # asked again while waiting: still nothing, no double wait
     assert len(transport.value()) == 4096
     assert not transport.disconnecting
     assert pool.status().state is PoolState.STARVED
@@ -103,12 +111,12 @@ def test_source_failure_closes_waiting_and_idle_streams() -> None:
     pool, source, held, clock = slow_pipeline()
     seed_fully(pool, held)
     idle, idle_transport = connect(pool)
-    idle.resumeProducing()  # wrote a chunk; its reader is slow, so no more asks
+    ask(idle)  # wrote a chunk; its reader is slow, so no more asks
     sent = len(idle_transport.value())
     pool._buffer.clear()
     clock.advance(1.0)
     waiting, waiting_transport = connect(pool)
-    waiting.resumeProducing()
+    ask(waiting)
     assert not waiting_transport.disconnecting
     source.make = stuck
     held.deliver(3)
@@ -117,7 +125,7 @@ def test_source_failure_closes_waiting_and_idle_streams() -> None:
     assert idle_transport.disconnecting and len(idle_transport.value()) == sent
     # A new connection while failed gets nothing and is closed at once.
     late, late_transport = connect(pool)
-    late.resumeProducing()
+    ask(late)
     assert late_transport.value() == b"" and late_transport.disconnecting
 
 
