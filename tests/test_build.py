@@ -93,6 +93,8 @@ def test_single_process_listens_on_every_endpoint_with_one_site() -> None:
                            "notify": "notify"}
     assert start_order(tree) == ["pipeline", "signals", "drain",
                                  "listeners", "listeners", "listeners", "notify"]
+    described = [(listener.kind, listener.description) for listener in tree.phase("listeners")]  # type: ignore[attr-defined]
+    assert described == [("stream", LOCAL[1]), ("http", LOCAL[3]), ("https", LOCAL[5])]
     for listener in tree.phase("listeners"):
         listener.privilegedStartService()
     (stream_port, stream, _, stream_on), (http_port, http, _, http_on) = reactor.tcpServers

@@ -157,8 +157,6 @@ class Serving:
     stream: Any
     http: Any
     tls: list[tuple[tls.SSLEndpointSpec, tls.ReloadableContextFactory]]
-    site: Any
-    web: Any
 
     def factory(self, kind: str) -> Any:
         """The protocol factory for ``kind``: the raw stream, or the one Site (for http and https)."""
@@ -197,8 +195,7 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
         tree.add("onion", onion, "onion")
     contexts = _tls_contexts(config)
     tree.add("signals", ReloadService(reactor, _unique(c for _, c in contexts)), "reload")
-    return Serving(stream=guard.wrap_stream(stream_factory), http=http,
-                   tls=contexts, site=site, web=web)
+    return Serving(stream=guard.wrap_stream(stream_factory), http=http, tls=contexts)
 
 
 def _onion_service(config: Config, reactor: Any, targets: dict[str, Any]) -> OnionService | None:
