@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -32,6 +31,8 @@ from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.source.detection import detect
 from entropy_appliance.web.app import EntropySite
+from tests.test_signals import SlowClientTransport, fired
+from tests.test_workers import FakeProcess
 
 LOCAL = ["--stream", "tcp:19000:interface=127.0.0.1", "--http", "tcp:18080:interface=127.0.0.1",
          "--https", "ssl:18443:interface=127.0.0.1"]
@@ -76,12 +77,6 @@ class ThreadCalls:
             f(*args)
 
 
-def fired(d: Deferred[Any]) -> list[Any]:
-    results: list[Any] = []
-    d.addCallback(results.append)
-    return results
-
-
 # -- one process ------------------------------------------------------------------
 
 
@@ -115,25 +110,6 @@ def test_none_turns_surfaces_off() -> None:
     listener.privilegedStartService()
     assert [p for p, *_ in reactor.tcpServers] == [18080] and reactor.sslServers == []
     assert not Path("certs").exists()
-
-
-class SlowClientTransport(StringTransport):
-    """A client that reads only when told: its transport pauses the producer past 64 KiB."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.received = b""
-
-    def write(self, data: bytes) -> None:
-        super().write(data)
-        if self.producer is not None and len(self.value()) > 64 * 1024:
-            self.producer.pauseProducing()
-
-    def read_all(self) -> None:
-        self.received += self.value()
-        self.clear()
-        if self.producer is not None:
-            self.producer.resumeProducing()
 
 
 def test_stop_closes_listeners_drains_then_stops_the_pipeline() -> None:
@@ -183,15 +159,6 @@ def test_auto_is_resolved_by_make_service_not_by_parsing() -> None:
 
 
 # -- the parent of workers -------------------------------------------------------
-
-
-class FakeProcess:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.signals: list[str] = []
-
-    def signalProcess(self, name: str) -> None:
-        self.signals.append(name)
 
 
 def spawner(reactor: MemoryReactorClock) -> list[list[str]]:

@@ -14,6 +14,7 @@ import pytest
 from twisted.python import usage
 
 from entropy_appliance.app.environment import EnvironmentOptions, parse_bool, variable_name
+from entropy_appliance.app.options import parse_config
 from entropy_appliance.tap import Options
 from tests.twistd_helpers import REPO_ROOT
 
@@ -176,3 +177,34 @@ def test_twistd_refuses_to_start_naming_the_variable(tmp_path: Path) -> None:
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "ENTROPY_RESEED_BITS='12': --reseed-bits '12': must be an integer" in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--reseed-interval", "0"], "--reseed-interval '0': must be seconds, 0 < S <= 86400"),
+    (["--reseed-bytes", "1K"], "--reseed-bytes '1K': must be between 4K (4096) and 1T"),
+    (["--reseed-bytes", "x"], "--reseed-bytes: 'x' is not a size (e.g. 65536, 64K, 16M, 1G)"),
+    (["--seed-wait", "301"], "--seed-wait '301': must be seconds, 0 <= S <= 300"),
+    (["--reseed-bits", "3.5"], "--reseed-bits '3.5': must be an integer, 256 <= N <= 65536"),
+    (["--health-alpha", "2**-9"], "--health-alpha '2**-9': must be between 2**-64 and 2**-10"),
+    (["--min-entropy", "0"], "--min-entropy '0': must be a number with 0 < H <= 8"),
+    (["--max-bytes", "0"], "--max-bytes: must be between 1 and 1T"),
+    (["--peer-streams", "-1"], "--peer-streams '-1': must be an integer, 0 (no limit) or more"),
+    (["--peer-rate", "x"], "--peer-rate 'x': must be requests per second, 0 (no limit) or more"),
+    (["--idle-timeout", "99999"], "--idle-timeout '99999': must be seconds, 0 <= S <= 86400"),
+    (["--header-timeout", "-1"], "--header-timeout '-1': must be seconds, 0 <= S <= 3600"),
+    (["--workers", "auto4"], "--workers 'auto4': must be a number of processes, 1 <= N <= 64, or auto"),
+    (["--source", "usb"], "--source: unknown source 'usb': use auto, kernel or device:PATH"),
+    (["--stream", "tcp:x"], "--stream 'tcp:x' is not a valid server endpoint"),
+])
+def test_each_bad_value_says_what_to_give(argv: list[str], message: str) -> None:
+    with pytest.raises(usage.UsageError) as e:
+        parse({}, *BASE, *argv)
+    assert str(e.value).startswith(message)
+
+
+def test_parsing_has_no_side_effects(tmp_path: Path) -> None:
+    """No certificate, no onion key, no source probe: makeService does those."""
+    config = parse_config(["--source", "auto", "--onion", "--tor-control", "unix:/run/tor/control",
+                           "--onion-key", str(tmp_path / "onion.key")])
+    assert config.source.kind == "auto" and config.tls.self_signed
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

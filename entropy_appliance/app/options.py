@@ -350,48 +350,49 @@ class Options(EnvironmentOptions):
                 _check_endpoint(name, v)
         return tuple(values)
 
+    def _ranged(self, name: str, lo: float, hi: float, must: str, *, above: bool = False,
+                convert: Callable[[str], float] = float, value: float | None = None) -> float:
+        """
+        The number ``--name`` gives (or ``value``, read from it), with
+        ``lo <= value <= hi`` (``above``: ``lo < value``); otherwise a
+        UsageError that quotes the option and ends with ``must``.
+        """
+        if value is None:
+            value = _number(self[name], convert)
+        if not ((lo < value) if above else (lo <= value)) or not value <= hi:
+            raise usage.UsageError(f"--{name} {self[name]!r}: {must}")
+        return value
+
+    def _size(self, name: str) -> int:
+        """A byte count with K/M/G suffixes."""
+        try:
+            return parse_size(str(self[name]))
+        except ValueError as e:
+            raise usage.UsageError(f"--{name}: {e}") from None
+
     def _source(self) -> tuple[SourceSpec, float | None]:
         try:
             spec = parse_source(self["source"])
         except ValueError as e:
             raise usage.UsageError(f"--source: {e}") from None
-        h = self["min-entropy"]
-        if h is None:
+        if self["min-entropy"] is None:
             return spec, None
-        value = _number(h)
-        if not 0 < value <= 8:
-            raise usage.UsageError(f"--min-entropy {h!r}: must be a number with 0 < H <= 8")
-        return spec, value
+        return spec, self._ranged("min-entropy", 0, 8, "must be a number with 0 < H <= 8", above=True)
 
     def _reseed(self) -> tuple[ReseedPolicy, float, float]:
-        interval = _number(self["reseed-interval"])
-        if not (0 < interval <= 86400):
-            raise usage.UsageError(
-                f"--reseed-interval {self['reseed-interval']!r}: must be seconds, 0 < S <= 86400")
-        try:
-            max_bytes = parse_size(self["reseed-bytes"])
-        except ValueError as e:
-            raise usage.UsageError(f"--reseed-bytes: {e}") from None
-        if not MIN_RESEED_BYTES <= max_bytes <= 2 ** 40:
-            raise usage.UsageError(
-                f"--reseed-bytes {self['reseed-bytes']!r}: must be between 4K ({MIN_RESEED_BYTES}) and 1T")
-        seed_wait = _number(self["seed-wait"])
-        if not 0 <= seed_wait <= 300:
-            raise usage.UsageError(
-                f"--seed-wait {self['seed-wait']!r}: must be seconds, 0 <= S <= 300")
-        bits = _number(self["reseed-bits"], int)
-        if not 256 <= bits <= 65536:
-            raise usage.UsageError(
-                f"--reseed-bits {self['reseed-bits']!r}: must be an integer, 256 <= N <= 65536")
+        interval = self._ranged("reseed-interval", 0, 86400, "must be seconds, 0 < S <= 86400", above=True)
+        max_bytes = self._ranged("reseed-bytes", MIN_RESEED_BYTES, 2 ** 40,
+                                 f"must be between 4K ({MIN_RESEED_BYTES}) and 1T",
+                                 value=self._size("reseed-bytes"))
+        seed_wait = self._ranged("seed-wait", 0, 300, "must be seconds, 0 <= S <= 300")
+        bits = self._ranged("reseed-bits", 256, 65536, "must be an integer, 256 <= N <= 65536", convert=int)
         alpha_text = str(self["health-alpha"]).replace(" ", "")
-        if alpha_text.startswith("2**"):
-            alpha = 2.0 ** _number(alpha_text[3:])
-        else:
-            alpha = _number(alpha_text)
-        if not (2.0 ** -64 <= alpha <= 2.0 ** -10):
-            raise usage.UsageError(
-                f"--health-alpha {self['health-alpha']!r}: must be between 2**-64 and 2**-10")
-        return ReseedPolicy(interval=interval, max_bytes=max_bytes, bits=int(bits)), seed_wait, alpha
+        exponent = alpha_text.removeprefix("2**")
+        alpha = 2.0 ** _number(exponent) if exponent != alpha_text else _number(alpha_text)
+        alpha = self._ranged("health-alpha", 2.0 ** -64, 2.0 ** -10, "must be between 2**-64 and 2**-10",
+                             value=alpha)
+        policy = ReseedPolicy(interval=interval, max_bytes=int(max_bytes), bits=int(bits))
+        return policy, seed_wait, alpha
 
     def _https(self, check: bool) -> tuple[str, ...]:
         https = self["https"] or [DEFAULTS["https"]]
@@ -426,37 +427,22 @@ class Options(EnvironmentOptions):
         return config
 
     def _max_bytes(self) -> int:
-        try:
-            value = parse_size(str(self["max-bytes"]))
-        except ValueError as e:
-            raise usage.UsageError(f"--max-bytes: {e}") from None
+        value = self._size("max-bytes")
         if not 1 <= value <= 2 ** 40:
             raise usage.UsageError("--max-bytes: must be between 1 and 1T")
         return value
 
     def _seconds(self, name: str, upper: float) -> float:
-        value = _number(self[name])
-        if not 0 <= value <= upper:
-            raise usage.UsageError(f"--{name} {self[name]!r}: must be seconds, 0 <= S <= {upper:g}")
-        return value
+        return self._ranged(name, 0, upper, f"must be seconds, 0 <= S <= {upper:g}")
 
     def _limits(self) -> tuple[float, PeerPolicy]:
         """The shutdown deadline and the per-peer limits."""
         shutdown_timeout = self._seconds("shutdown-timeout", 3600)
-        streams = _number(self["peer-streams"], int)
-        if not 0 <= streams <= 1_000_000:
-            raise usage.UsageError(
-                f"--peer-streams {self['peer-streams']!r}: must be an integer, 0 (no limit) or more")
-        rate = _number(self["peer-rate"])
-        if not 0 <= rate <= 1e9:
-            raise usage.UsageError(
-                f"--peer-rate {self['peer-rate']!r}: must be requests per second, 0 (no limit) or more")
-        try:
-            bandwidth = parse_size(str(self["peer-bandwidth"]))
-        except ValueError as e:
-            raise usage.UsageError(f"--peer-bandwidth: {e}") from None
+        streams = self._ranged("peer-streams", 0, 1_000_000, "must be an integer, 0 (no limit) or more",
+                               convert=int)
+        rate = self._ranged("peer-rate", 0, 1e9, "must be requests per second, 0 (no limit) or more")
         peers = PeerPolicy(
-            streams=int(streams), rate=rate, bandwidth=bandwidth,
+            streams=int(streams), rate=rate, bandwidth=self._size("peer-bandwidth"),
             idle_timeout=self._seconds("idle-timeout", 86400),
             header_timeout=self._seconds("header-timeout", 3600))
         return shutdown_timeout, peers
@@ -470,11 +456,9 @@ class Options(EnvironmentOptions):
             count = min(MAX_WORKERS, len(usable(0)) if usable is not None else (os.cpu_count() or 1))
         else:
             count = _number(text, int)
-        if not 1 <= count <= MAX_WORKERS:
-            raise usage.UsageError(
-                f"--workers {self['workers']!r}: must be a number of processes, "
-                f"1 <= N <= {MAX_WORKERS}, or auto")
-        return int(count)
+        return int(self._ranged("workers", 1, MAX_WORKERS,
+                                f"must be a number of processes, 1 <= N <= {MAX_WORKERS}, or auto",
+                                value=count))
 
     def _worker(self) -> WorkerConfig | None:
         if self["worker-fds"] is None:
