@@ -150,6 +150,27 @@ def test_stop_closes_listeners_drains_then_stops_the_pipeline() -> None:
     assert head.startswith(b"HTTP/1.1 200") and len(body) == 1048576
 
 
+def test_the_reseed_schedule_ticks_on_the_reactor_clock() -> None:
+    """Every half interval, not at start (no seed can be in yet): a due reseed with no seed fails then."""
+    reactor = MemoryReactorClock()
+    ThreadCalls(reactor)  # the reader's results are never run: no seed arrives
+    tree = makeService(config("--https", "none", "--reseed-interval", "2"), reactor=reactor)
+    pipeline = tree.getServiceNamed("pipeline")
+    pipeline.startService()
+    try:
+        assert pipeline.pool.status().drbg.reseed_failures == 0
+        reactor.advance(0.9)
+        assert pipeline.pool.status().drbg.reseed_failures == 0
+        reactor.advance(0.1)
+        assert pipeline.pool.status().drbg.reseed_failures == 1
+        reactor.advance(1.0)
+        assert pipeline.pool.status().drbg.reseed_failures == 2
+    finally:
+        pipeline.stopService()
+    reactor.advance(10)
+    assert pipeline.pool.status().drbg.reseed_failures == 2
+
+
 def test_auto_is_resolved_by_make_service_not_by_parsing() -> None:
     c = parse_config(["--source", "auto", "--https", "none"])
     assert c.source.kind == "auto" and c.min_entropy is None
