@@ -23,16 +23,14 @@ from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from entropy_appliance.core.peers import PeerPolicy, PeerRateLimiter
+from entropy_appliance.net.body import CHUNK_SIZE as STREAM_CHUNK
+from entropy_appliance.net.body import BodyWriter
 from entropy_appliance.net.limits import InFlight, PeerGuard
 from entropy_appliance.web import EntropyWeb
 from entropy_appliance.web.app import EntropySite
-from entropy_appliance.web.fastpath import (
-    FAST_MAX_BYTES,
-    STREAM_CHUNK,
-    FastHTTPChannel,
-    StreamedBody,
-)
+from entropy_appliance.web.channel import FastHTTPChannel
 from entropy_appliance.web.limits import RateLimitedResource, limit_site
+from entropy_appliance.web.responses import STREAM_THRESHOLD
 from tests.web_helpers import failed_pool, seeded_pool
 
 CHALLENGE = hashlib.sha512(os.urandom(64)).hexdigest().encode()
@@ -267,12 +265,12 @@ def test_a_streamed_body_has_the_normal_paths_head_and_exact_length() -> None:
 
 
 def test_the_whole_size_range_takes_the_fast_path_up_to_max_bytes() -> None:
-    for n in (FAST_MAX_BYTES + 1, STREAM_CHUNK, STREAM_CHUNK + 1, 10**9):
+    for n in (STREAM_THRESHOLD + 1, STREAM_CHUNK, STREAM_CHUNK + 1, 10**9):
         _, site, _ = make_site()
         proto, transport = connect(site)
         proto.dataReceived(get_random(n))  # type: ignore[attr-defined]
         # A fast-path body is a pull producer on the transport itself.
-        assert isinstance(transport.producer, StreamedBody) or n <= STREAM_CHUNK
+        assert isinstance(transport.producer, BodyWriter) or n <= STREAM_CHUNK
         assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
         assert body_length(transport.value()) == min(n, STREAM_CHUNK)
 
@@ -282,7 +280,7 @@ def test_nothing_more_is_written_until_the_transport_asks() -> None:
     proto, transport = connect(site)
     proto.dataReceived(get_random(10**9))  # type: ignore[attr-defined]
     producer = transport.producer
-    assert isinstance(producer, StreamedBody) and transport.streaming is False
+    assert isinstance(producer, BodyWriter) and transport.streaming is False
     # The head and one chunk, however large the body: memory is bounded.
     assert body_length(transport.value()) == STREAM_CHUNK
     proto.dataReceived(b"")  # type: ignore[attr-defined]
@@ -300,10 +298,10 @@ def test_a_disconnect_mid_body_stops_the_producer_and_ends_the_response() -> Non
     proto, transport = connect(site)
     proto.dataReceived(get_random(BIG))  # type: ignore[attr-defined]
     producer = transport.producer
-    assert isinstance(producer, StreamedBody) and inflight.count == 1
+    assert isinstance(producer, BodyWriter) and inflight.count == 1
     served = web.pool.status().served["http"]
     proto.connectionLost(Failure(ConnectionDone()))  # type: ignore[attr-defined]
-    assert inflight.count == 0 and producer.finished
+    assert inflight.count == 0 and producer.ended
     written = len(transport.value())
     producer.resumeProducing()
     producer.stopProducing()
@@ -423,7 +421,7 @@ def test_formats_heads_and_sizes_out_of_range_keep_the_normal_path() -> None:
     assert raw.startswith(b"HTTP/1.1 413 ") and b"application/problem+json" in raw
     proto, transport = connect(site)
     proto.dataReceived(b"GET /v1/random?bytes=%d&format=hex HTTP/1.1\r\nHost: x\r\n\r\n" % BIG)  # type: ignore[attr-defined]
-    assert not isinstance(transport.producer, StreamedBody)
+    assert not isinstance(transport.producer, BodyWriter)
     [(head, body)] = split_responses(transport.value())
     assert b"Content-Type: text/plain" in head and len(body) == 2 * BIG
     raw = exchange(site, get_random(BIG).replace(b"GET", b"HEAD", 1))
@@ -483,7 +481,7 @@ def test_http2_connections_never_reach_the_fast_channel() -> None:
     proto.makeConnection(transport)
     proto.dataReceived(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # type: ignore[attr-defined]
     assert isinstance(proto._channel, H2Connection)  # type: ignore[attr-defined]
-    assert not isinstance(transport.producer, StreamedBody)
+    assert not isinstance(transport.producer, BodyWriter)
 
 
 def test_longest_challenge_the_document_allows_fits_and_longer_lines_get_414() -> None:
@@ -498,3 +496,17 @@ def test_longest_challenge_the_document_allows_fits_and_longer_lines_get_414() -
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"application/problem+json" in head
     assert json.loads(body)["status"] == 414
+
+
+def test_header_names_are_spelled_as_twisted_writes_them() -> None:
+    # The lean channel writes names as given; the Klein path writes Twisted's spelling.
+    from twisted.web.http_headers import Headers
+
+    from entropy_appliance.web.formats import FORMATS
+    from entropy_appliance.web.responses import pollen_response, random_headers
+
+    pool = seeded_pool()
+    names = [name for name, _ in random_headers(pool, 10, FORMATS["binary"])]
+    names += [name for name, _ in pollen_response(pool, b"ab").headers]
+    for name in names:
+        assert next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0] == name

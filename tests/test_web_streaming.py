@@ -1,15 +1,17 @@
-"""The streamed-body producer: backpressure, disconnects, and failing closed mid-stream."""
+"""Bodies streamed on a request (the body writer's Klein face): backpressure, disconnects, failing closed."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface.verify import verifyObject
 
 from entropy_appliance.core.pool import FailClosed, PoolState
-from entropy_appliance.web.formats import FORMATS
-from entropy_appliance.web.streaming import RandomBodyProducer
+from entropy_appliance.net.body import BodyWriter
+from entropy_appliance.web.formats import FORMATS, Format
+from entropy_appliance.web.streaming import stream_body
 from tests.test_pool import seed_fully, slow_pipeline, stuck
 from tests.web_helpers import seeded_pool
 
@@ -29,11 +31,13 @@ class FakeRequest:
         self.channel = FakeChannel()
         self.written: list[bytes] = []
         self.producer: Any = None
+        self.registered: list[Any] = []
         self.pause_each_write = pause_each_write
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         assert streaming
         self.producer = producer
+        self.registered.append(producer)
 
     def unregisterProducer(self) -> None:
         self.producer = None
@@ -65,17 +69,28 @@ class CountingPool:
         return self.pool.wait(n, ready, failed)
 
 
-def test_is_a_push_producer() -> None:
-    p = RandomBodyProducer(FakeRequest(), CountingPool(), 10, FORMATS["binary"])  # type: ignore[arg-type]
-    assert verifyObject(IPushProducer, p)
+def start(req: FakeRequest, pool: Any, n: int, fmt: Format,
+          chunk_size: int) -> tuple[Deferred[bytes], BodyWriter]:
+    """Stream ``n`` bytes on ``req`` (the first chunk generated first, as the route does)."""
+    first = pool.random_bytes(min(n, fmt.chunk_size(chunk_size)), surface="http")
+    done = stream_body(req, pool, n, fmt, first, chunk_size=chunk_size)  # type: ignore[arg-type]
+    [writer] = req.registered
+    return done, writer
+
+
+def test_registers_a_push_producer_on_the_request() -> None:
+    req = FakeRequest()
+    _, writer = start(req, CountingPool(), 10**6, FORMATS["binary"], 4096)
+    assert verifyObject(IPushProducer, writer)
+    assert req.producer is writer
 
 
 def test_generates_one_chunk_per_drain_and_finishes() -> None:
     pool = CountingPool()
     req = FakeRequest()
-    p = RandomBodyProducer(req, pool, 10_000, FORMATS["hex"], chunk_size=3000)  # type: ignore[arg-type]
+    d, p = start(req, pool, 10_000, FORMATS["hex"], 3000)
     done: list[bytes] = []
-    p.start().addCallback(done.append)
+    d.addCallback(done.append)
     # Paused after the first write: only one chunk exists until the consumer drains.
     assert pool.calls == [3000] and len(req.written) == 1
     for _ in range(10):
@@ -90,8 +105,7 @@ def test_generates_one_chunk_per_drain_and_finishes() -> None:
 def test_disconnect_cancels_and_stops_generation() -> None:
     pool = CountingPool()
     req = FakeRequest()
-    p = RandomBodyProducer(req, pool, 10**9, FORMATS["binary"], chunk_size=4096)  # type: ignore[arg-type]
-    d = p.start()
+    d, p = start(req, pool, 10**9, FORMATS["binary"], 4096)
     errors: list[Any] = []
     d.addErrback(errors.append)
     d.cancel()
@@ -106,8 +120,7 @@ def test_json_stream_is_valid_whole() -> None:
     import json
 
     req = FakeRequest(pause_each_write=False)
-    p = RandomBodyProducer(req, CountingPool(), 100_000, FORMATS["json"], chunk_size=4096)  # type: ignore[arg-type]
-    p.start()
+    start(req, CountingPool(), 100_000, FORMATS["json"], 4096)
     doc = json.loads(b"".join(req.written))
     assert doc["bytes"] == 100_000 and len(base64.b64decode(doc["data"])) == 100_000
     assert len(b"".join(req.written)) == FORMATS["json"].content_length(100_000)
@@ -116,9 +129,9 @@ def test_json_stream_is_valid_whole() -> None:
 def test_fail_closed_mid_stream_aborts_without_finishing() -> None:
     pool = CountingPool()
     req = FakeRequest()
-    p = RandomBodyProducer(req, pool, 10**6, FORMATS["binary"], chunk_size=4096)  # type: ignore[arg-type]
+    d, p = start(req, pool, 10**6, FORMATS["binary"], 4096)
     done: list[Any] = []
-    p.start().addBoth(done.append)
+    d.addBoth(done.append)
     pool.fail = True
     p.resumeProducing()
     assert req.channel.aborted
@@ -130,12 +143,13 @@ def test_starved_body_pauses_mid_body_and_resumes() -> None:
     pool, source, held, clock = slow_pipeline()
     seed_fully(pool, held)
     req = FakeRequest(pause_each_write=False)
-    p = RandomBodyProducer(req, pool, 5 * 4096, FORMATS["binary"], chunk_size=4096)  # type: ignore[arg-type]
-    done: list[Any] = []
+    first = pool.random_bytes(4096)
     pool._buffer.clear()
     clock.advance(1.0)  # a reseed is due and there is no seed for it
-    p.start().addBoth(done.append)
-    assert req.written == [] and done == []
+    done: list[Any] = []
+    stream_body(req, pool, 5 * 4096, FORMATS["binary"], first, chunk_size=4096).addBoth(  # type: ignore[arg-type]
+        done.append)
+    assert sum(map(len, req.written)) == 4096 and done == []  # the first chunk, then a wait
     assert not req.channel.aborted
     clock.advance(20.0)
     held.deliver()
@@ -148,9 +162,9 @@ def test_source_failure_while_a_body_waits_aborts_it() -> None:
     pool, source, held, clock = slow_pipeline()
     seed_fully(pool, held)
     req = FakeRequest()
-    p = RandomBodyProducer(req, pool, 10**6, FORMATS["binary"], chunk_size=4096)  # type: ignore[arg-type]
+    d, p = start(req, pool, 10**6, FORMATS["binary"], 4096)
     done: list[Any] = []
-    p.start().addBoth(done.append)
+    d.addBoth(done.append)
     assert sum(map(len, req.written)) == 4096  # then the slow client's socket is full
     source.make = stuck
     pool._buffer.clear()
@@ -160,4 +174,22 @@ def test_source_failure_while_a_body_waits_aborts_it() -> None:
     assert pool.status().state is PoolState.FAILED
     assert req.channel.aborted  # at once, though the client has not drained its socket
     assert done == []
+    assert sum(map(len, req.written)) == 4096
+
+
+def test_source_failure_while_a_body_waits_for_seed_aborts_it() -> None:
+    pool, source, held, clock = slow_pipeline()
+    seed_fully(pool, held)
+    req = FakeRequest(pause_each_write=False)
+    first = pool.random_bytes(4096)
+    pool._buffer.clear()
+    clock.advance(1.0)  # a reseed is due and there is no seed for it
+    done: list[Any] = []
+    stream_body(req, pool, 5 * 4096, FORMATS["binary"], first, chunk_size=4096).addBoth(  # type: ignore[arg-type]
+        done.append)
+    assert sum(map(len, req.written)) == 4096 and not req.channel.aborted  # waiting
+    pool.source_failed("unplugged")
+    assert req.channel.aborted and req.producer is None
+    assert done == [] and sum(map(len, req.written)) == 4096
+    held.deliver()  # seed now is too late: nothing more is written
     assert sum(map(len, req.written)) == 4096

@@ -49,15 +49,23 @@ from entropy_appliance import __version__
 from entropy_appliance.core.pool import FailClosed, PoolState, SeedPool
 from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.web import openapi, params, problems
-from entropy_appliance.web.fastpath import FastRoutes, fast_channel_protocol
+from entropy_appliance.web.channel import fast_channel_protocol
 from entropy_appliance.web.formats import DEFAULT_FORMAT, FORMATS, Format
 from entropy_appliance.web.media import MediaWeb
 from entropy_appliance.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from entropy_appliance.web.metrics import WebMetrics
 from entropy_appliance.web.params import parse_choice, parse_int
-from entropy_appliance.web.pollen import MAX_CHALLENGE, render_pollen
+from entropy_appliance.web.pollen import MAX_CHALLENGE
 from entropy_appliance.web.problems import BadRequest, PayloadTooLarge, ServiceUnavailable
-from entropy_appliance.web.streaming import CHUNK_SIZE, STREAM_THRESHOLD, stream_random
+from entropy_appliance.web.responses import (
+    HotRoutes,
+    apply,
+    random_headers,
+    random_response,
+    render_pollen,
+    rng_headers,
+)
+from entropy_appliance.web.streaming import stream_body
 
 __all__ = [
     "EntropyWeb",
@@ -124,14 +132,15 @@ class EntropySite(Site):
 
     Its HTTP/1.1 channels answer plain ``POST /`` and binary
     ``GET /v1/random`` requests without a ``Request`` object, through
-    :attr:`fast` (see :mod:`entropy_appliance.web.fastpath`); None turns that
-    off, and every request takes the resource path.
+    :attr:`fast` (see :mod:`entropy_appliance.web.channel`), with the same
+    responses as the routes; None turns that off, and every request takes
+    the resource path.
     """
 
     displayTracebacks = False
     protocol = fast_channel_protocol
 
-    def __init__(self, resource: Any, h2: bool = True, fast: FastRoutes | None = None,
+    def __init__(self, resource: Any, h2: bool = True, fast: HotRoutes | None = None,
                  **kwargs: Any) -> None:
         super().__init__(resource, **kwargs)
         self._h2 = h2
@@ -176,23 +185,19 @@ class EntropySite(Site):
 
 class FrontResource(Resource):
     """
-    A thin leaf in front of Klein: ``POST /`` (the pollen protocol, which
-    pollinate calls at every boot) is answered directly, everything else is
-    delegated to the Klein resource.  This keeps the hottest path free of
-    routing and Deferreds.
-
-    It is also where a request that draws random bytes waits, while the pool
-    is starved, up to ``seed_wait`` seconds; then it is answered, with the
-    bytes or (still starved) a 503.  Status, health and metrics never wait.
+    A thin leaf in front of Klein that counts every request it hands on in
+    the metrics.  It is where a request that draws random bytes waits, while
+    the pool is starved, up to ``seed_wait`` seconds; then it is answered,
+    with the bytes or (still starved) a 503.  Status, health and metrics
+    never wait.
     """
 
     isLeaf = True
 
-    def __init__(self, pollen: Callable[[Request], bytes], rest: Any,
-                 observe: Callable[[Request], None], pool: SeedPool | None = None,
-                 clock: IReactorTime | None = None, seed_wait: float = 0.0) -> None:
+    def __init__(self, rest: Any, observe: Callable[[Request], None],
+                 pool: SeedPool | None = None, clock: IReactorTime | None = None,
+                 seed_wait: float = 0.0) -> None:
         super().__init__()
-        self._pollen = pollen
         self._rest = rest
         self._observe = observe
         self._pool = pool
@@ -237,11 +242,7 @@ class FrontResource(Resource):
         return NOT_DONE_YET
 
     def _render_now(self, request: Request) -> Any:
-        """Answer POST / here; hand every other request to Klein; count each."""
-        if request.method == b"POST" and request.path == b"/":
-            body = self._pollen(request)
-            self._observe(request)
-            return body
+        """Hand the request to Klein; count it once it is finished."""
         observe = self._observe
         request.notifyFinish().addBoth(lambda _: observe(request))
         return self._rest.render(request)  # a KleinResource
@@ -292,18 +293,17 @@ class EntropyWeb:
     # -- wiring ---------------------------------------------------------------
 
     def resource(self) -> Any:
-        """The root resource: the lean pollen path in front of Klein."""
-        return FrontResource(self.pollen, self.app.resource(), self.observe,
-                             self.pool, self.clock, self.seed_wait)
+        """The root resource: the seed wait and the metrics in front of Klein."""
+        return FrontResource(self.app.resource(), self.observe, self.pool, self.clock,
+                             self.seed_wait)
 
     def site(self, h2: bool = True, **kwargs: Any) -> Site:
         """The one Site to serve on every web endpoint (``h2=False``: no HTTP/2 by ALPN)."""
         return EntropySite(self.resource(), h2=h2, fast=self.fast_routes(), **kwargs)
 
-    def fast_routes(self) -> FastRoutes:
-        """The inline answers of the Site's HTTP/1.1 fast path, over this app's state."""
-        return FastRoutes(self.pool, self.clock, self.rng_header_items,
-                          self.metrics.observe, self.max_bytes)
+    def fast_routes(self) -> HotRoutes:
+        """What the Site's HTTP/1.1 channel answers itself, over this app's state."""
+        return HotRoutes(self.pool, self.clock, self.metrics.observe, self.max_bytes)
 
     def observe(self, request: Any) -> None:
         """Count one finished request by route (known paths only), method and status."""
@@ -319,24 +319,9 @@ class EntropyWeb:
 
     # -- shared helpers -------------------------------------------------------
 
-    def rng_header_items(self) -> list[tuple[bytes, bytes]]:
-        """The headers every random response carries, in order."""
-        pool = self.pool
-        age = pool.reseed_age()
-        return [
-            (b"Cache-Control", b"no-store"),
-            (b"X-Content-Type-Options", b"nosniff"),
-            (b"X-RNG-Source", pool.source_name.encode()),
-            (b"X-RNG-Source-Kind", pool.source_kind.encode()),
-            (b"X-RNG-DRBG", b"CTR_DRBG AES-256"),
-            (b"X-RNG-Reseed-Age-ms", b"%d" % round(1000 * (age or 0.0))),
-            (b"X-RNG-Reseed-Interval-ms", b"%d" % round(1000 * pool.policy.interval)),
-        ]
-
     def rng_headers(self, request: Request) -> None:
         """Set the headers every random response carries."""
-        for name, value in self.rng_header_items():
-            request.setHeader(name, value)
+        apply(request, rng_headers(self.pool))
 
     def random(self, n: int, surface: str = "http") -> bytes:
         """``n`` bytes from the pool, or :class:`problems.ServiceUnavailable`."""
@@ -350,10 +335,6 @@ class EntropyWeb:
         if not self.pool.healthy:
             reason = self.pool.closed_reason or "not yet seeded"
             raise ServiceUnavailable(reason, self.pool.retry_after())
-
-    def pollen(self, request: Request) -> bytes:
-        """Answer a pollen request (POST / or GET /?challenge=)."""
-        return render_pollen(request, self.pool, self.rng_headers)
 
     @staticmethod
     def _json(request: Request, value: Any, code: int = 200) -> bytes:
@@ -394,7 +375,7 @@ class EntropyWeb:
     def root(self, request: Request) -> bytes:
         """Landing page, or the pollen protocol when a challenge is given."""
         if request.method == b"POST" or (request.args or {}).get(b"challenge"):
-            return self.pollen(request)
+            return render_pollen(request, self.pool)
         request.setHeader(b"Content-Type", b"text/html; charset=utf-8")
         return self._landing
 
@@ -422,19 +403,19 @@ class EntropyWeb:
                 f"bytes={n} is above this server's limit of {self.max_bytes}; ask for less, "
                 "or make several requests")
         fmt: Format = FORMATS[parse_choice(request, "format", FORMATS, DEFAULT_FORMAT)]
-        request.setHeader(b"Content-Type", fmt.content_type)
-        request.setHeader(b"Content-Length", b"%d" % fmt.content_length(n))
         if request.method == b"HEAD":
             self.require_healthy()
-            self.rng_headers(request)
+            apply(request, random_headers(self.pool, n, fmt))
             return b""
-        if n <= STREAM_THRESHOLD:
-            raw = self.random(n)
-            self.rng_headers(request)
-            return fmt.prefix(n) + fmt.encode(raw) + fmt.suffix()
-        first = self.random(min(n, fmt.chunk_size(CHUNK_SIZE)))
-        self.rng_headers(request)
-        return stream_random(request, self.pool, n, fmt, first)
+        try:
+            response = random_response(self.pool, n, fmt)
+        except FailClosed as e:
+            raise ServiceUnavailable(e.reason, e.retry_after) from None
+        apply(request, response.headers)
+        stream = response.stream
+        if stream is None:
+            return response.body
+        return stream_body(request, self.pool, stream.length, stream.encoding, stream.first)
 
     @app.route("/v1/integers", methods=["GET"])
     @openapi.operation(

@@ -7,21 +7,19 @@ with exactly two lines: the hex SHA-512 of the challenge, then the hex
 SHA-512 of the challenge followed by 64 random bytes.  The challenge is also
 mixed into the DRBG as additional input, as pollen mixes it into its device.
 
-:func:`render_pollen` works on any ``twisted.web`` request, so the lean
-``POST /`` path in :mod:`entropy_appliance.web.app` can call it without Klein.
+This module is the protocol alone; the response around a reply is built,
+for every channel, in :mod:`entropy_appliance.web.responses`.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from typing import Any
 
-from twisted.web.server import Request
+from entropy_appliance.core.pool import SeedPool
 
-from entropy_appliance.core.pool import FailClosed, SeedPool
-from entropy_appliance.web.problems import ServiceUnavailable, write_problem
-
-__all__ = ["POLLEN_BYTES", "NO_CHALLENGE", "challenge_of", "pollen_reply", "render_pollen"]
+__all__ = ["POLLEN_BYTES", "MAX_CHALLENGE", "NO_CHALLENGE", "TEXT_PLAIN", "challenge_of",
+           "challenge_refusal", "pollen_reply"]
 
 #: Random bytes hashed into each reply, as pollen's default.
 POLLEN_BYTES = 64
@@ -38,12 +36,22 @@ NO_CHALLENGE = (
 TEXT_PLAIN = b"text/plain; charset=utf-8"
 
 
-def challenge_of(request: Request) -> bytes | None:
-    """The first non-empty ``challenge`` argument of ``request`` (query or form), or None."""
+def challenge_of(request: Any) -> bytes | None:
+    """The first non-empty ``challenge`` argument of a request (query or form), or None."""
     args = request.args or {}
     for value in args.get(b"challenge", ()):
         if value:
             return value
+    return None
+
+
+def challenge_refusal(challenge: bytes | None) -> bytes | None:
+    """The text of the 400 for ``challenge`` (missing or too long), or None if it is good."""
+    if challenge is None:
+        return NO_CHALLENGE
+    # The limit is in characters, as the OpenAPI document states it.
+    if len(challenge.decode("utf-8", "replace")) > MAX_CHALLENGE:
+        return b"The challenge is too long; pollinate sends 128 hex characters.\n"
     return None
 
 
@@ -53,24 +61,3 @@ def pollen_reply(pool: SeedPool, challenge: bytes) -> bytes:
     first = hashlib.sha512(challenge).hexdigest().encode()
     second = hashlib.sha512(challenge + random).hexdigest().encode()
     return first + b"\n" + second + b"\n"
-
-
-def render_pollen(request: Request, pool: SeedPool,
-                  set_rng_headers: Callable[[Request], None]) -> bytes:
-    """Answer one pollen request on ``request``: the reply, a 400 or a 503."""
-    challenge = challenge_of(request)
-    # The limit is in characters, as the OpenAPI document states it.
-    if challenge is None or len(challenge.decode("utf-8", "replace")) > MAX_CHALLENGE:
-        request.setResponseCode(400)
-        request.setHeader(b"Content-Type", TEXT_PLAIN)
-        if challenge is not None:
-            return b"The challenge is too long; pollinate sends 128 hex characters.\n"
-        return NO_CHALLENGE
-    try:
-        body = pollen_reply(pool, challenge)
-    except FailClosed as e:
-        return write_problem(request, ServiceUnavailable(e.reason, e.retry_after))
-    request.setHeader(b"Content-Type", TEXT_PLAIN)
-    request.setHeader(b"Content-Length", b"%d" % len(body))
-    set_rng_headers(request)
-    return body
