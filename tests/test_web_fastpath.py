@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import re
+from importlib.metadata import version as installed
+from pathlib import Path
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -510,3 +512,17 @@ def test_header_names_are_spelled_as_twisted_writes_them() -> None:
     names += [name for name, _ in pollen_response(pool, b"ab").headers]
     for name in names:
         assert next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0] == name
+
+
+def test_the_channel_internals_it_steers_exist_in_the_pinned_twisted() -> None:
+    _, site, _ = make_site()
+    proto, _ = connect(site)
+    channel = proto._channel  # type: ignore[attr-defined]
+    for name in ("_buffer", "_busyReceiving", "_dataBuffer", "_waitingForTransport",
+                 "_receivedHeaderSize", "_HTTPChannel__first_line", "_networkProducer",
+                 "_handlingRequest", "_savedTimeOut", "line_mode", "paused", "persistent"):
+        assert hasattr(channel, name), name
+    setup = (Path(__file__).resolve().parent.parent / "setup.py").read_text()
+    low, high = re.search(r'"twisted\[[^\]]*\]>=([\d.]+),<([\d.]+)"', setup).groups()  # type: ignore[union-attr]
+    version = tuple(int(p) for p in installed("twisted").split(".")[:2])
+    assert tuple(map(int, low.split("."))) <= version < tuple(map(int, high.split(".")))
