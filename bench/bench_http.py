@@ -1,28 +1,36 @@
 """
-Benchmark: the HTTP surface under wrk, against Debian's pollen server in the same run.
+Benchmark: the HTTP surface under wrk, beside Debian's pollen and another source tree, in one run.
 
 Run as root from the repo root::
 
-    .venv/bin/python bench/bench_http.py [--seconds 5] [--connections 32] [--workers N]
-        [--compare-workers N] [--profile]
+    git worktree add /tmp/base d217771     # once: the tree to compare with
+    .venv/bin/python bench/bench_http.py --baseline-tree /tmp/base [--seconds 3] [--connections 32]
+        [--workers 2] [--rounds 1] [--http-only] [--profile]
 
 The script re-runs itself inside a private network namespace and mount
 namespace (``unshare -n -m``): only loopback exists there (pollen binds all
 interfaces and has no bind option), and a private tmpfs on /run carries a
 syslog socket at /run/log, which pollen's syslog client finds when /dev/log
-is absent.  Inside it starts pollen and the appliance (``twist entropy``,
-one process, kernel source) and runs wrk against both:
+is absent.  Inside it starts pollen and ``twist entropy`` (kernel source,
+``--peer-rate 0`` as every request comes from one address) from this
+checkout and, given ``--baseline-tree DIR``, from ``DIR`` too (with
+``PYTHONPATH=DIR``), side by side, each in its own working directory.
 
-- pollinate-style ``POST /`` (``challenge=<128 hex>``), pollen and appliance,
-  over http, with the ratio appliance/pollen;
-- keep-alive ``GET /v1/random?bytes=64`` req/s, http and https;
-- ``GET /v1/random?bytes=1048576`` MB/s, http and https.
+For one process, and for ``--workers N`` (default 2; 0: skip), it measures
+with wrk, over http and (unless ``--http-only``) https:
 
-The appliance runs with ``--peer-rate 0`` (every request comes from one
-address) and, given ``--workers N``, with ``--workers N`` when its version
-has that option.
-``--profile`` runs the appliance under cProfile during the POST run and
-prints the top functions.  Figures are printed, never asserted.
+- pollinate-style ``POST /`` (``challenge=<128 hex>``), req/s, beside
+  pollen's own ``POST /``;
+- keep-alive ``GET /v1/random?bytes=64``, req/s, beside pollen's
+  ``GET /?challenge=`` (pollen's smallest random answer);
+- ``GET /v1/random?bytes=1048576``, MB/s (pollen has no such answer).
+
+The appliances are measured in turn, test by test (pollen, the baseline,
+this tree; ``--rounds`` times, keeping each one's best), so that a drift of
+the machine falls on all of them alike.  Each line prints the figures and
+the ratios this/baseline and this/pollen.  ``--profile`` instead runs this
+tree's appliance under cProfile for one POST run and prints its top
+functions.  Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,7 +57,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 UNITS = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
-
 
 PROFILED_TWIST = """
 import cProfile, sys
@@ -82,10 +90,10 @@ def wrk(url: str, seconds: int, connections: int, script: Path | None = None) ->
     return float(rps.group(1)), float(tps.group(1)) * UNITS[tps.group(2).upper()]
 
 
-def supported(option: str) -> bool:
-    """Whether ``twist entropy`` of this checkout knows ``option``."""
+def supported(tree: Path, option: str) -> bool:
+    """Whether ``twist entropy`` of ``tree`` knows ``option``."""
     out = subprocess.run([sys.executable, "-m", "twisted", "entropy", "--help"], capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=60).stdout
+                         text=True, env=dict(os.environ, PYTHONPATH=str(tree)), timeout=60).stdout
     return option in out
 
 
@@ -99,6 +107,56 @@ def syslog_sink(path: str) -> None:
             s.recv(65536)
 
     threading.Thread(target=drain, daemon=True).start()
+
+
+def cell(value: float | None, width: int, digits: int = 0) -> str:
+    """``value`` right-aligned in ``width`` columns, or a dash."""
+    return f"{'-' if value is None else f'{value:.{digits}f}':>{width}}"
+
+
+def git_describe(tree: Path) -> str:
+    """The commit of ``tree`` (and "+changes" if its work tree differs), for the heading."""
+    head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or "?"
+    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return head + ("+changes" if dirty else "")
+
+
+@dataclass
+class App:
+    """One running appliance: its tree, process and ports."""
+
+    name: str
+    tree: Path
+    process: subprocess.Popen[bytes]
+    http: int
+    https: int
+
+
+@dataclass(frozen=True)
+class Test:
+    """One wrk measurement, and pollen's counterpart if it has one."""
+
+    label: str
+    scheme: str
+    path: str
+    unit: str
+    post: bool = False
+    pollen_path: str | None = None
+
+
+def tests(http_only: bool) -> list[Test]:
+    """The measurements, http first."""
+    out = []
+    for scheme in ("http",) if http_only else ("http", "https"):
+        out += [
+            Test(f"POST / {scheme}", scheme, "/", "req/s", post=True, pollen_path="/"),
+            Test(f"GET 64 B {scheme}", scheme, "/v1/random?bytes=64", "req/s",
+                 pollen_path="/?challenge=" + "ab" * 64),
+            Test(f"GET 1 MiB {scheme}", scheme, "/v1/random?bytes=1048576", "MB/s"),
+        ]
+    return out
 
 
 def inner(args: argparse.Namespace) -> None:
@@ -116,9 +174,11 @@ def inner(args: argparse.Namespace) -> None:
             ["pollen", "-http-port", str(p_http), "-https-port", str(p_https), "-device", "/dev/urandom",
              "-cert", str(tmp / "pollen.pem"), "-key", str(tmp / "pollen.key")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        wait_port(p_http)
 
-        def start_app(workers: int | None, profile: bool) -> tuple[subprocess.Popen[bytes], int, int]:
+        def start_app(name: str, tree: Path, workers: int | None, profile: bool = False) -> App:
+            home = tmp / name
+            home.mkdir(exist_ok=True)
             a_http, a_https = free_port(), free_port()
             argv = [sys.executable]
             if profile:
@@ -129,23 +189,27 @@ def inner(args: argparse.Namespace) -> None:
             argv += ["--log-format=text", "--log-level=warn", "entropy", "--source",
                      "kernel", "--stream", "none", "--http", f"tcp:{a_http}:interface=127.0.0.1",
                      "--https", f"ssl:{a_https}:interface=127.0.0.1"]
-            if supported("--peer-rate"):
+            if supported(tree, "--peer-rate"):
                 argv += ["--peer-rate", "0"]
-            if workers is not None:
+            if workers:
                 argv += ["--workers", str(workers)]
-            app = subprocess.Popen(argv, cwd=tmp, env=env, stdout=open(tmp / "app.log", "ab"),
-                                   stderr=subprocess.STDOUT)
-            procs.append(app)
-            for port in (a_http, a_https):
-                wait_port(port)
+            process = subprocess.Popen(argv, cwd=home, env=dict(os.environ, PYTHONPATH=str(tree)),
+                                       stdout=open(home / "app.log", "ab"), stderr=subprocess.STDOUT)
+            procs.append(process)
+            return App(name, tree, process, a_http, a_https)
+
+        def ready(apps: list[App]) -> None:
+            for app in apps:
+                wait_port(app.http)
+                wait_port(app.https)
             time.sleep(1.5)  # every process seeded
-            return app, a_http, a_https
 
-        def stop_app(app: subprocess.Popen[bytes]) -> None:
-            app.terminate()
-            app.wait(30)
+        def stop(apps: list[App]) -> None:
+            for app in apps:
+                app.process.terminate()
+            for app in apps:
+                app.process.wait(30)
 
-        wait_port(p_http)
         challenge = hashlib.sha512(os.urandom(64)).hexdigest()
         post = tmp / "post.lua"
         post.write_text(
@@ -153,58 +217,58 @@ def inner(args: argparse.Namespace) -> None:
             f'wrk.body = "challenge={challenge}"\n'
             'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n')
         s, c = args.seconds, args.connections
-        workers = args.workers if args.workers is not None and supported("--workers") else None
-        processes = f"--workers {workers}" if workers else "one process"
-        print(f"wrk -t1 -c{c} -d{s}s; appliance: {processes}; host CPUs: {os.cpu_count()}")
+        trees = [("this", REPO)]
+        if args.baseline_tree is not None:
+            trees.insert(0, ("baseline", Path(args.baseline_tree).resolve()))
 
-        def measure(a_http: int, a_https: int, label: str) -> dict[str, float]:
-            out: dict[str, float] = {}
-            out["post"], _ = wrk(f"http://127.0.0.1:{a_http}/", s, c, post)
-            out["post_tls"], _ = wrk(f"https://127.0.0.1:{a_https}/", s, c, post)
-            for scheme, port in (("http", a_http), ("https", a_https)):
-                out[f"get64_{scheme}"], _ = wrk(f"{scheme}://127.0.0.1:{port}/v1/random?bytes=64", s, c)
-            for scheme, port in (("http", a_http), ("https", a_https)):
-                _, bps = wrk(f"{scheme}://127.0.0.1:{port}/v1/random?bytes=1048576", s, min(c, 8))
-                out[f"mib_{scheme}"] = bps / 1e6
-            return out
-
-        app, a_http, a_https = start_app(workers, args.profile)
         if args.profile:
-            app_rps, _ = wrk(f"http://127.0.0.1:{a_http}/", s, c, post)
-            print(f"POST / appliance {app_rps:10.0f} req/s (profiled)")
-            stop_app(app)
+            app = start_app("this", REPO, None, profile=True)
+            ready([app])
+            rps, _ = wrk(f"http://127.0.0.1:{app.http}/", s, c, post)
+            print(f"POST / this tree {rps:10.0f} req/s (profiled)")
+            stop([app])
             stats = pstats.Stats(str(tmp / "profile.out"))
             stats.sort_stats("tottime").print_stats(25)
             stats.sort_stats("cumulative").print_stats(40)
             return
-        pollen_rps, _ = wrk(f"http://127.0.0.1:{p_http}/", s, c, post)
-        pollen_tls, _ = wrk(f"https://127.0.0.1:{p_https}/", s, c, post)
-        one = measure(a_http, a_https, processes)
-        stop_app(app)
-        print(f"POST / pollinate-style   pollen {pollen_rps:10.0f} req/s   "
-              f"appliance {one['post']:10.0f} req/s   ratio {one['post'] / pollen_rps:.2f}  "
-              "(target >= 0.5 one process, 0.8 with workers)")
-        print(f"POST / over https        pollen {pollen_tls:10.0f} req/s   "
-              f"appliance {one['post_tls']:10.0f} req/s   ratio {one['post_tls'] / pollen_tls:.2f}")
-        for scheme in ("http", "https"):
-            print(f"GET bytes=64 {scheme:5}       appliance {one[f'get64_{scheme}']:10.0f} req/s")
-        for scheme in ("http", "https"):
-            print(f"GET bytes=1MiB {scheme:5}     appliance {one[f'mib_{scheme}']:10.0f} MB/s"
-                  + ("  (target >= 1000 MB/s)" if scheme == "http" else ""))
-        if args.compare_workers:
-            app, a_http, a_https = start_app(args.compare_workers, False)
-            many = measure(a_http, a_https, f"--workers {args.compare_workers}")
-            stop_app(app)
-            pollen_again, _ = wrk(f"http://127.0.0.1:{p_http}/", s, c, post)
-            pollen_mean = (pollen_rps + pollen_again) / 2
-            n = args.compare_workers
-            print(f"--workers {n} against {processes}, same run:")
-            for key, unit in (("post", "req/s"), ("post_tls", "req/s"), ("get64_http", "req/s"),
-                              ("get64_https", "req/s"), ("mib_http", "MB/s"), ("mib_https", "MB/s")):
-                gain = many[key] / one[key]
-                print(f"  {key:12} {one[key]:10.0f} -> {many[key]:10.0f} {unit:5}  gain {gain:.2f}x")
-            print(f"  POST / with --workers {n}: {many['post']:.0f} req/s against pollen {pollen_mean:.0f} "
-                  f"(mean of its two runs): ratio {many['post'] / pollen_mean:.2f}  (target >= 0.8)")
+
+        print(f"wrk -t1 -c{c} -d{s}s (GET 1 MiB: -c{min(c, 8)}), best of {args.rounds} round(s); "
+              f"host CPUs: {os.cpu_count()}")
+        for name, tree in trees:
+            print(f"  {name:8} {tree} ({git_describe(tree)})")
+        layouts: list[tuple[str, int | None]] = [("one process", None)]
+        if args.workers:
+            layouts.append((f"--workers {args.workers}", args.workers))
+        header = (f"{'':24}{'pollen':>10}{'baseline':>11}{'this':>11}  {'unit':6}"
+                  f"{'this/base':>10}{'this/pollen':>12}")
+        print(header)
+        for layout, workers in layouts:
+            if workers and not all(supported(tree, "--workers") for _, tree in trees):
+                print(f"{layout}: not supported by every tree, skipped")
+                continue
+            apps = [start_app(name, tree, workers) for name, tree in trees]
+            ready(apps)
+            print(layout)
+            for test in tests(args.http_only):
+                best: dict[str, float] = {}
+                conns = min(c, 8) if test.unit == "MB/s" else c
+                for _ in range(args.rounds):
+                    if test.pollen_path is not None:
+                        port = p_http if test.scheme == "http" else p_https
+                        rps, _ = wrk(f"{test.scheme}://127.0.0.1:{port}{test.pollen_path}", s, conns,
+                                     post if test.post else None)
+                        best["pollen"] = max(best.get("pollen", 0.0), rps)
+                    for app in apps:
+                        port = app.http if test.scheme == "http" else app.https
+                        rps, bps = wrk(f"{test.scheme}://127.0.0.1:{port}{test.path}", s, conns,
+                                       post if test.post else None)
+                        value = rps if test.unit == "req/s" else bps / 1e6
+                        best[app.name] = max(best.get(app.name, 0.0), value)
+                this, base, pollen = best["this"], best.get("baseline"), best.get("pollen")
+                print(f"  {test.label:22}{cell(pollen, 10)}{cell(base, 11)}{cell(this, 11)}  "
+                      f"{test.unit:6}{cell(base and this / base, 10, 2)}"
+                      f"{cell(pollen and this / pollen, 12, 2)}")
+            stop(apps)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -218,12 +282,15 @@ def inner(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=3, help="each wrk run's length")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=None, help="pass --workers N to the appliance")
-    parser.add_argument("--compare-workers", type=int, default=None, metavar="N",
-                        help="also run the appliance with --workers N and report the gain")
-    parser.add_argument("--profile", action="store_true", help="profile the appliance in the POST run")
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="also measure the appliances with --workers N (0: one process only)")
+    parser.add_argument("--baseline-tree", metavar="DIR", default=None,
+                        help="another source tree to measure beside this one (e.g. a git worktree)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs per figure; the best is kept")
+    parser.add_argument("--http-only", action="store_true", help="skip the https measurements")
+    parser.add_argument("--profile", action="store_true", help="profile this tree's appliance in a POST run")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
@@ -232,12 +299,10 @@ def main() -> None:
     for tool in ("wrk", "pollen", "unshare", "ip"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (apt install wrk pollen util-linux iproute2)")
-    argv = ["unshare", "-n", "-m", sys.executable, __file__, "--inner", "--seconds", str(args.seconds),
-            "--connections", str(args.connections)] + (["--profile"] if args.profile else [])
-    if args.workers is not None:
-        argv += ["--workers", str(args.workers)]
-    if args.compare_workers is not None:
-        argv += ["--compare-workers", str(args.compare_workers)]
+    if args.baseline_tree is not None and not (Path(args.baseline_tree) / "entropy_appliance").is_dir():
+        sys.exit(f"{args.baseline_tree} holds no entropy_appliance package "
+                 "(make one with: git worktree add /tmp/base d217771)")
+    argv = ["unshare", "-n", "-m", sys.executable, __file__, "--inner"] + sys.argv[1:]
     sys.exit(subprocess.run(argv).returncode)
 
 
