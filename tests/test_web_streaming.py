@@ -139,7 +139,8 @@ def test_fail_closed_mid_stream_aborts_without_finishing() -> None:
     assert sum(map(len, req.written)) == 4096
 
 
-def test_starved_body_pauses_mid_body_and_resumes() -> None:
+def starved_body() -> tuple[FakeRequest, list[Any], Any, Any, Any]:
+    """A 5-chunk body whose first chunk is out and whose second waits for a reseed."""
     pool, source, held, clock = slow_pipeline()
     seed_fully(pool, held)
     req = FakeRequest(pause_each_write=False)
@@ -151,6 +152,11 @@ def test_starved_body_pauses_mid_body_and_resumes() -> None:
         done.append)
     assert sum(map(len, req.written)) == 4096 and done == []  # the first chunk, then a wait
     assert not req.channel.aborted
+    return req, done, pool, held, clock
+
+
+def test_starved_body_pauses_mid_body_and_resumes() -> None:
+    req, done, _, held, clock = starved_body()
     clock.advance(20.0)
     held.deliver()
     assert done == [b""]
@@ -178,16 +184,7 @@ def test_source_failure_while_a_body_waits_aborts_it() -> None:
 
 
 def test_source_failure_while_a_body_waits_for_seed_aborts_it() -> None:
-    pool, source, held, clock = slow_pipeline()
-    seed_fully(pool, held)
-    req = FakeRequest(pause_each_write=False)
-    first = pool.random_bytes(4096)
-    pool._buffer.clear()
-    clock.advance(1.0)  # a reseed is due and there is no seed for it
-    done: list[Any] = []
-    stream_body(req, pool, 5 * 4096, FORMATS["binary"], first, chunk_size=4096).addBoth(  # type: ignore[arg-type]
-        done.append)
-    assert sum(map(len, req.written)) == 4096 and not req.channel.aborted  # waiting
+    req, done, pool, held, _ = starved_body()
     pool.source_failed("unplugged")
     assert req.channel.aborted and req.producer is None
     assert done == [] and sum(map(len, req.written)) == 4096
