@@ -43,13 +43,13 @@ from entropy_appliance.core.pool import FailClosed, SeedPool, Starved
 __all__ = ["BodyWriter", "CHUNK_SIZE", "Encoding", "InFlightCount", "first_chunk"]
 
 #: Raw bytes generated and written per step, on every surface.  Each step
-#: costs a reactor turn, a send and a producer round trip, so larger is
-#: cheaper per byte up to a point; past it, every chunk is a fresh
-#: allocation far above malloc's mmap threshold, paid for in page faults.
-#: Measured on loopback with one reader draining a raw stream as fast as it
-#: can (the same reactor, seeded pool): 64 KiB 1.16 GB/s, 128 KiB 1.04,
-#: 192 KiB 1.20, 256 KiB 1.30, 384 KiB 1.05, 512 KiB 0.77, 1 MiB 0.83.
-#: 256 KiB is the fastest, and what a slow reader pins stays small.
+#: costs a reactor turn, a send and a producer round trip, so larger chunks
+#: are cheaper per byte, up to a point past which they measured slower.
+#: Measured on loopback, one reader draining a raw stream as fast as it can
+#: (one reactor, a seeded pool, two runs each, GB/s): 64 KiB 1.06-1.18,
+#: 128 KiB 1.01-1.04, 192 KiB 1.12-1.29, 256 KiB 1.25-1.42, 384 KiB
+#: 0.80-1.30, 512 KiB 0.75-0.78, 1 MiB 0.82-0.85.  256 KiB is the fastest,
+#: and what a slow reader pins stays small.
 CHUNK_SIZE = 256 * 1024
 
 
