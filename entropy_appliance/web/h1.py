@@ -14,6 +14,13 @@ complete, with plain headers only: no ``Transfer-Encoding``, ``Expect`` or
 no control bytes.  Anything else is None, an incomplete request included:
 the caller then hands the bytes from ``pos`` on to a full HTTP parser, so
 the two never disagree about where a request begins.
+
+Why not ``httptools`` (llhttp, in C): measured on the same requests, it
+parsed pollinate's ``POST`` in 1.7 us and a ``GET`` in 1.25 us, with a
+callback per header and before the checks above; this parser takes 3.7 us
+and 2.0 us with them.  That is under 5 % of the 20 to 45 us of a request
+answered here, and llhttp reads a stream through callbacks without telling
+where one request ends (but for an upgrade), which the hand-over needs.
 """
 
 from __future__ import annotations
