@@ -5,7 +5,7 @@ Run as root from the repo root::
 
     git worktree add /tmp/base d217771     # once: the tree to compare with
     .venv/bin/python bench/bench_http.py --baseline-tree /tmp/base [--seconds 3] [--connections 32]
-        [--workers 2] [--rounds 1] [--http-only] [--profile]
+        [--workers 2] [--rounds 1] [--http-only] [--only TEXT] [--profile]
 
 The script re-runs itself inside a private network namespace and mount
 namespace (``unshare -n -m``): only loopback exists there (pollen binds all
@@ -25,6 +25,7 @@ with wrk, over http and (unless ``--http-only``) https:
   ``GET /?challenge=`` (pollen's smallest random answer);
 - ``GET /v1/random?bytes=1048576``, MB/s (pollen has no such answer).
 
+``--only TEXT`` keeps the measurements whose label holds TEXT (``"1 MiB"``).
 The appliances are measured in turn, test by test (pollen, the baseline,
 this tree; ``--rounds`` times, keeping each one's best), so that a drift of
 the machine falls on all of them alike.  Each line prints the figures and
@@ -250,6 +251,8 @@ def inner(args: argparse.Namespace) -> None:
             ready(apps)
             print(layout)
             for test in tests(args.http_only):
+                if args.only and args.only not in test.label:
+                    continue
                 best: dict[str, float] = {}
                 conns = min(c, 8) if test.unit == "MB/s" else c
                 for _ in range(args.rounds):
@@ -290,6 +293,8 @@ def main() -> None:
                         help="another source tree to measure beside this one (e.g. a git worktree)")
     parser.add_argument("--rounds", type=int, default=1, help="runs per figure; the best is kept")
     parser.add_argument("--http-only", action="store_true", help="skip the https measurements")
+    parser.add_argument("--only", metavar="TEXT", default=None,
+                        help="only the measurements whose label holds TEXT, e.g. '1 MiB'")
     parser.add_argument("--profile", action="store_true", help="profile this tree's appliance in a POST run")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
