@@ -52,6 +52,7 @@ from collections import deque
 from fractions import Fraction
 
 from entropy_appliance.core.states import HealthTest, SourceState
+from entropy_appliance.core.status import HealthStatus
 
 __all__ = ["HealthTests", "apt_cutoff", "rct_cutoff", "failing_run"]
 
@@ -262,6 +263,17 @@ class HealthTests:
     def buffered(self) -> int:
         """Samples waiting for the rest of their window (< ``window``)."""
         return len(self._buffer)
+
+    def snapshot(self) -> HealthStatus:
+        """The tests' state and settings, for status documents."""
+        return HealthStatus(
+            state=self.state,
+            rct_cutoff=self.rct_cutoff_value,
+            apt_cutoff=self.apt_cutoff_value,
+            apt_window=self.window,
+            samples_tested=self.samples_tested,
+            samples_discarded=self.samples_discarded,
+        )
 
     def quarantine(self, n: int) -> bytes:
         """

@@ -66,7 +66,6 @@ from entropy_appliance.core.states import PoolState, SourceState
 from entropy_appliance.core.status import (
     BufferStatus,
     DrbgStatus,
-    HealthStatus,
     PoolStatus,
     SourceStatus,
     StarvedStatus,
@@ -740,14 +739,7 @@ class SeedPool:
                 errors=c.source_errors,
                 min_entropy=self.min_entropy,
                 health_failures=MappingProxyType(health.failures),
-                health=HealthStatus(
-                    state=health.state,
-                    rct_cutoff=health.rct_cutoff_value,
-                    apt_cutoff=health.apt_cutoff_value,
-                    apt_window=health.window,
-                    samples_tested=health.samples_tested,
-                    samples_discarded=health.samples_discarded,
-                ),
+                health=health.snapshot(),
             ),
             buffer=BufferStatus(
                 fill_bytes=len(self._buffer),

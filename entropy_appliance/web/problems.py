@@ -56,11 +56,22 @@ PROBLEM_TYPE_BASE = "/openapi.json#/components/schemas/Problem/"
 
 
 class Problem(Exception):
-    """An HTTP error with an RFC 9457 body; subclasses fix status and title."""
+    """
+    An HTTP error with an RFC 9457 body; each subclass fixes its status and
+    title in its class line (``class NotFound(Problem, status=404,
+    title="Not Found")``); the ``type`` slug is the title in kebab case.
+    """
 
     status = 500
     title = "Internal Server Error"
     slug = "internal"
+
+    def __init_subclass__(cls, status: int | None = None, title: str | None = None,
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if status is not None and title is not None:
+            cls.status, cls.title = status, title
+            cls.slug = title.lower().replace(" ", "-")
 
     def __init__(self, detail: str, headers: dict[bytes, bytes] | None = None,
                  extensions: dict[str, Any] | None = None) -> None:
@@ -81,48 +92,28 @@ class Problem(Exception):
         }
 
 
-class BadRequest(Problem):
+class BadRequest(Problem, status=400, title="Bad Request"):
     """400: a parameter is missing, malformed or out of range."""
 
-    status = 400
-    title = "Bad Request"
-    slug = "bad-request"
 
-
-class URITooLong(Problem):
+class URITooLong(Problem, status=414, title="URI Too Long"):
     """414: a request line or header line longer than the server reads; the connection closes."""
 
-    status = 414
-    title = "URI Too Long"
-    slug = "uri-too-long"
 
-
-class NotFound(Problem):
+class NotFound(Problem, status=404, title="Not Found"):
     """404: no such route."""
 
-    status = 404
-    title = "Not Found"
-    slug = "not-found"
 
-
-class MethodNotAllowed(Problem):
+class MethodNotAllowed(Problem, status=405, title="Method Not Allowed"):
     """405: the route exists but not for this method; carries ``Allow``."""
-
-    status = 405
-    title = "Method Not Allowed"
-    slug = "method-not-allowed"
 
     def __init__(self, detail: str, allowed: list[str]) -> None:
         super().__init__(detail, {b"Allow": ", ".join(sorted(set(allowed))).encode()})
         self.allowed = sorted(set(allowed))
 
 
-class PayloadTooLarge(Problem):
+class PayloadTooLarge(Problem, status=413, title="Payload Too Large"):
     """413: more bytes were asked for than ``--max-bytes`` allows."""
-
-    status = 413
-    title = "Payload Too Large"
-    slug = "payload-too-large"
 
 
 class _RetryLater(Problem):
@@ -135,20 +126,12 @@ class _RetryLater(Problem):
         self.retry_after = seconds
 
 
-class TooManyRequests(_RetryLater):
+class TooManyRequests(_RetryLater, status=429, title="Too Many Requests"):
     """429: the client is past ``--peer-rate``; carries ``Retry-After``."""
 
-    status = 429
-    title = "Too Many Requests"
-    slug = "too-many-requests"
 
-
-class ServiceUnavailable(_RetryLater):
+class ServiceUnavailable(_RetryLater, status=503, title="Service Unavailable"):
     """503: the core fails closed; carries ``Retry-After`` in whole seconds."""
-
-    status = 503
-    title = "Service Unavailable"
-    slug = "service-unavailable"
 
 
 def problem_body(problem: Problem) -> bytes:
