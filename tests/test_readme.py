@@ -148,3 +148,20 @@ def test_the_parsed_defaults_are_the_library_defaults(tmp_path: Path,
 def test_the_readme_shutdown_sequence_is_the_stop_phases() -> None:
     steps = re.findall(r"^\s+\d+\. ``([a-z-]+)``:", section("Signals", "~"), flags=re.M)
     assert steps == list(STOP_PHASES)
+
+
+def test_module_map_names_every_module() -> None:
+    """The README's Architecture section has an entry for every module of both packages."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.rst").read_text()
+    section = text[text.index("\nArchitecture\n"):text.index("\nOperations\n")]
+    missing = []
+    for package in ("entropy_appliance", "entropy_fetch"):
+        for path in sorted((root / package).rglob("*.py")):
+            if path.stem in ("__init__", "__main__"):
+                continue
+            if f"``{path.stem}``" not in section and f"``{path.name}``" not in section:
+                missing.append(str(path.relative_to(root)))
+    assert missing == []
