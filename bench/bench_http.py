@@ -16,22 +16,37 @@ is absent.  Inside it starts pollen and ``twist entropy`` (kernel source,
 checkout and, given ``--baseline-tree DIR``, from ``DIR`` too (with
 ``PYTHONPATH=DIR``), side by side, each in its own working directory.
 
-For one process, and for ``--workers N`` (default 2; 0: skip), it measures
-with wrk, over http and (unless ``--http-only``) https:
+Both it and pollen serve one ECDSA P-256 certificate.  For one process,
+and for ``--workers N`` (default 2; 0: skip), it measures, over http and
+(unless ``--http-only``) https:
 
-- pollinate-style ``POST /`` (``challenge=<128 hex>``), req/s, beside
-  pollen's own ``POST /``;
+- pollinate-style ``POST /`` (``challenge=<128 hex>``), keep-alive (wrk),
+  req/s, beside pollen's own ``POST /``;
 - keep-alive ``GET /v1/random?bytes=64``, req/s, beside pollen's
   ``GET /?challenge=`` (pollen's smallest random answer);
-- ``GET /v1/random?bytes=1048576``, MB/s (pollen has no such answer).
+- ``GET /v1/random?bytes=1048576``, MB/s (pollen has no such answer);
+- ``POST /`` with a **new TLS connection per request** (``tls-close``): wrk
+  over https with ``Connection: close``;
+- ``POST /`` over **h2**, one request per new connection (``h2-conn``):
+  h2load ``-c C -n C -m 1`` run back to back for the whole time (each run's
+  start-up is the client's, and counts against both servers alike);
+- h2 keep-alive, ``h2load -c 32 -m 10``, ``POST /`` and ``GET 64 B``;
+- latency: p50 and p99 of keep-alive ``POST /`` at a fixed moderate rate
+  (``--rate`` req/s, spread over 10 wrk connections each pausing between
+  requests), over http and https.
+
+A ceiling comes first: Debian's nginx (one worker) serving a static 64-byte
+file, over http, https keep-alive and h2, with the same clients; each line
+prints this/nginx beside it.  Only 2xx answers are counted.
 
 ``--only TEXT`` keeps the measurements whose label holds TEXT (``"1 MiB"``).
 The appliances are measured in turn, test by test (pollen, the baseline,
 this tree; ``--rounds`` times, keeping each one's best), so that a drift of
 the machine falls on all of them alike.  Each line prints the figures and
 the ratios this/baseline and this/pollen.  ``--profile`` instead runs this
-tree's appliance under cProfile for one POST run and prints its top
-functions.  Figures are printed, never asserted.
+tree's appliance under cProfile, restarted for each measurement that
+``--only`` keeps, and prints each one's top functions.  Figures are printed,
+never asserted.
 """
 
 from __future__ import annotations
@@ -48,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,20 +91,72 @@ finally:
 """
 
 
-def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> tuple[float, float]:
-    """Run wrk; return (requests/s, bytes/s)."""
+@dataclass
+class Result:
+    """One client run: 2xx answers per second, bytes per second, latency percentiles (ms)."""
+
+    rps: float
+    bps: float
+    p50: float | None = None
+    p99: float | None = None
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if m is None:
+        raise RuntimeError(f"latency {text!r} not understood")
+    return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[m.group(2)]
+
+
+def wrk(url: str, seconds: int, connections: int, script: Path | None = None) -> Result:
+    """Run wrk; only 2xx answers count."""
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script is not None:
         argv += ["-s", str(script)]
     out = subprocess.run(argv + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in ([\d.]+)(\w+),", out)
     tps = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if rps is None or tps is None:
+    if total is None or tps is None:
         raise RuntimeError(f"wrk output not understood:\n{out}")
-    if errors:
-        print(f"  WARNING: {errors.group(1)} non-2xx responses from {url}")
-    return float(rps.group(1)), float(tps.group(1)) * UNITS[tps.group(2).upper()]
+    bad = int(errors.group(1)) if errors else 0
+    if bad:
+        print(f"  WARNING: {bad} non-2xx responses from {url} (not counted)")
+    elapsed = _ms(total.group(2) + total.group(3)) / 1e3
+    p50 = re.search(r"\s50%\s+(\S+)", out)
+    p99 = re.search(r"\s99%\s+(\S+)", out)
+    return Result((int(total.group(1)) - bad) / elapsed, float(tps.group(1)) * UNITS[tps.group(2).upper()],
+                  p50 and _ms(p50.group(1)), p99 and _ms(p99.group(1)))
+
+
+def h2load(url: str, argv: list[str], timeout: float) -> tuple[int, float]:
+    """Run h2load once; return (2xx answers, seconds it took)."""
+    out = subprocess.run(["h2load", *argv, url], capture_output=True, text=True, timeout=timeout).stdout
+    done = re.search(r"finished in ([\d.]+)(\w+),", out)
+    ok = re.search(r"status codes: (\d+) 2xx", out)
+    if done is None or ok is None:
+        raise RuntimeError(f"h2load output not understood:\n{out}")
+    return int(ok.group(1)), _ms(done.group(1) + done.group(2)) / 1e3
+
+
+def h2_keepalive(url: str, seconds: int, body: Path | None) -> Result:
+    """h2load -c 32 -m 10 for ``seconds`` after a second of warm-up: 2xx answers per second."""
+    argv = ["-c32", "-m10", "-t1", f"-D{seconds}", "--warm-up-time=1"]
+    if body is not None:
+        argv += ["-d", str(body), "-H", "content-type: application/x-www-form-urlencoded"]
+    ok, elapsed = h2load(url, argv, seconds + 60)
+    return Result(ok / elapsed, 0.0)
+
+
+def h2_per_connection(url: str, seconds: int, clients: int, body: Path) -> Result:
+    """h2 POSTs, one per new connection: ``h2load -c C -n C -m 1`` back to back for ``seconds``."""
+    argv = [f"-c{clients}", f"-n{clients}", "-m1", "-t1", "-d", str(body),
+            "-H", "content-type: application/x-www-form-urlencoded"]
+    ok, start = 0, time.monotonic()
+    deadline = start + seconds
+    while time.monotonic() < deadline:
+        ok += h2load(url, argv, 60)[0]
+    return Result(ok / (time.monotonic() - start), 0.0)
 
 
 def supported(tree: Path, option: str) -> bool:
@@ -137,7 +205,7 @@ class App:
 
 @dataclass(frozen=True)
 class Test:
-    """One wrk measurement, and pollen's counterpart if it has one."""
+    """One measurement, and pollen's and nginx's counterparts if they have one."""
 
     label: str
     scheme: str
@@ -145,6 +213,11 @@ class Test:
     unit: str
     post: bool = False
     pollen_path: str | None = None
+    #: wrk (keep-alive), close (wrk, Connection: close), h2 (h2load keep-alive),
+    #: h2-conn (h2load, one request per connection), latency (wrk at a fixed rate).
+    client: str = "wrk"
+    #: Compared with nginx's static 64-byte file with the same client.
+    ceiling: bool = False
 
 
 def tests(http_only: bool) -> list[Test]:
@@ -154,10 +227,65 @@ def tests(http_only: bool) -> list[Test]:
         out += [
             Test(f"POST / {scheme}", scheme, "/", "req/s", post=True, pollen_path="/"),
             Test(f"GET 64 B {scheme}", scheme, "/v1/random?bytes=64", "req/s",
-                 pollen_path="/?challenge=" + "ab" * 64),
+                 pollen_path="/?challenge=" + "ab" * 64, ceiling=True),
             Test(f"GET 1 MiB {scheme}", scheme, "/v1/random?bytes=1048576", "MB/s"),
         ]
+    for scheme in ("http",) if http_only else ("http", "https"):
+        out += [Test(f"POST / {scheme} p50 at rate", scheme, "/", "ms", post=True, pollen_path="/",
+                     client="latency"),
+                Test(f"POST / {scheme} p99 at rate", scheme, "/", "ms", post=True, pollen_path="/",
+                     client="latency")]
+    if not http_only:
+        out += [
+            Test("POST / tls-close", "https", "/", "req/s", post=True, pollen_path="/", client="close"),
+            Test("POST / h2-conn", "https", "/", "req/s", post=True, pollen_path="/", client="h2-conn"),
+            Test("POST / h2", "https", "/", "req/s", post=True, pollen_path="/", client="h2"),
+            Test("GET 64 B h2", "https", "/v1/random?bytes=64", "req/s",
+                 pollen_path="/?challenge=" + "ab" * 64, client="h2", ceiling=True),
+        ]
     return out
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx.err;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{http};
+        listen 127.0.0.1:{https} ssl http2;
+        ssl_certificate {tmp}/pollen.pem;
+        ssl_certificate_key {tmp}/pollen.key;
+        root {tmp}/www;
+    }}
+}}
+"""
+
+
+def start_nginx(tmp: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    """nginx, one worker, serving ``/r64`` (64 bytes) over http and https/h2."""
+    www = tmp / "www"
+    www.mkdir()
+    (www / "r64").write_bytes(os.urandom(64))
+    # The worker runs as nobody: it must reach and read the file (and the key).
+    for path in (tmp, www, www / "r64", tmp / "pollen.pem", tmp / "pollen.key"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    http_port, https_port = free_port(), free_port()
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, http=http_port, https=https_port))
+    process = subprocess.Popen(["nginx", "-c", str(conf), "-e", str(tmp / "nginx.err")],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(http_port)
+    return process, http_port, https_port
 
 
 def inner(args: argparse.Namespace) -> None:
@@ -169,6 +297,7 @@ def inner(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_http."))
     procs: list[subprocess.Popen[bytes]] = []
     try:
+        # One ECDSA P-256 pair for pollen and nginx; the appliances generate their own, also P-256.
         generate_self_signed(str(tmp / "pollen.key"), str(tmp / "pollen.pem"))
         p_http, p_https = free_port(), free_port()
         procs.append(subprocess.Popen(
@@ -176,6 +305,11 @@ def inner(args: argparse.Namespace) -> None:
              "-cert", str(tmp / "pollen.pem"), "-key", str(tmp / "pollen.key")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_port(p_http)
+        nginx: tuple[int, int] | None = None
+        if shutil.which("nginx") is not None and not args.profile:
+            process, n_http, n_https = start_nginx(tmp)
+            procs.append(process)
+            nginx = (n_http, n_https)
 
         def start_app(name: str, tree: Path, workers: int | None, profile: bool = False) -> App:
             home = tmp / name
@@ -189,9 +323,12 @@ def inner(args: argparse.Namespace) -> None:
                 argv += ["-m", "twisted"]
             argv += ["--log-format=text", "--log-level=warn", "entropy", "--source",
                      "kernel", "--stream", "none", "--http", f"tcp:{a_http}:interface=127.0.0.1",
-                     "--https", f"ssl:{a_https}:interface=127.0.0.1"]
+                     "--https", f"ssl:{a_https}:interface=127.0.0.1:backlog=1024"]
             if supported(tree, "--peer-rate"):
                 argv += ["--peer-rate", "0"]
+            for option in ("--peer-bandwidth", "--peer-streams"):
+                if supported(tree, option):
+                    argv += [option, "0"]
             if workers:
                 argv += ["--workers", str(workers)]
             process = subprocess.Popen(argv, cwd=home, env=dict(os.environ, PYTHONPATH=str(tree)),
@@ -212,37 +349,73 @@ def inner(args: argparse.Namespace) -> None:
                 app.process.wait(30)
 
         challenge = hashlib.sha512(os.urandom(64)).hexdigest()
+        form = tmp / "post.body"
+        form.write_text(f"challenge={challenge}")
+        post_lua = ('wrk.method = "POST"\n'
+                    f'wrk.body = "challenge={challenge}"\n'
+                    'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n')
         post = tmp / "post.lua"
-        post.write_text(
-            'wrk.method = "POST"\n'
-            f'wrk.body = "challenge={challenge}"\n'
-            'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n')
+        post.write_text(post_lua)
+        close = tmp / "close.lua"
+        close.write_text(post_lua + 'wrk.headers["Connection"] = "close"\n')
+        paced = tmp / "paced.lua"
+        # 10 connections, each waiting 10000/rate ms before each request: about ``rate`` req/s.
+        paced.write_text(post_lua + f"function delay()\n  return {10000 / args.rate:.3f}\nend\n")
         s, c = args.seconds, args.connections
+
+        def measure(test: Test, scheme: str, host_port: int, path: str) -> Result:
+            url = f"{scheme}://127.0.0.1:{host_port}{path}"
+            if test.client == "close":
+                return wrk(url, s, 16, close)
+            if test.client == "latency":
+                return wrk(url, s, 10, paced)
+            if test.client == "h2":
+                return h2_keepalive(url, s, form if test.post else None)
+            if test.client == "h2-conn":
+                return h2_per_connection(url, s, 16, form)
+            conns = min(c, 8) if test.unit == "MB/s" else c
+            return wrk(url, s, conns, post if test.post else None)
+
+        def value(test: Test, r: Result) -> float:
+            if test.unit == "MB/s":
+                return r.bps / 1e6
+            if test.unit == "ms":
+                return (r.p99 if "p99" in test.label else r.p50) or 0.0
+            return r.rps
+
+        better: Callable[[float, float], float] = max
         trees = [("this", REPO)]
         if args.baseline_tree is not None:
             trees.insert(0, ("baseline", Path(args.baseline_tree).resolve()))
+        selected = [t for t in tests(args.http_only) if not args.only or args.only in t.label]
 
         if args.profile:
-            app = start_app("this", REPO, None, profile=True)
-            ready([app])
-            rps, _ = wrk(f"http://127.0.0.1:{app.http}/", s, c, post)
-            print(f"POST / this tree {rps:10.0f} req/s (profiled)")
-            stop([app])
-            stats = pstats.Stats(str(tmp / "profile.out"))
-            stats.sort_stats("tottime").print_stats(25)
-            stats.sort_stats("cumulative").print_stats(40)
+            for test in selected:
+                if test.unit == "ms":
+                    continue
+                app = start_app("this", REPO, None, profile=True)
+                ready([app])
+                port = app.http if test.scheme == "http" else app.https
+                r = measure(test, test.scheme, port, test.path)
+                print(f"== {test.label}: this tree {value(test, r):10.0f} {test.unit} (profiled)")
+                stop([app])
+                stats = pstats.Stats(str(tmp / "profile.out"))
+                stats.sort_stats("tottime").print_stats(args.profile_top)
             return
 
-        print(f"wrk -t1 -c{c} -d{s}s (GET 1 MiB: -c{min(c, 8)}), best of {args.rounds} round(s); "
-              f"host CPUs: {os.cpu_count()}")
+        print(f"wrk -t1 -c{c} -d{s}s (GET 1 MiB: -c{min(c, 8)}; tls-close: -c16 Connection: close; "
+              f"latency: wrk -c10 paced to {args.rate:.0f} req/s); h2load -c32 -m10 -D{s} "
+              f"(h2-conn: -c16 -n16 -m1 back to back); best of {args.rounds} round(s); "
+              f"host CPUs: {os.cpu_count()}; load {os.getloadavg()[0]:.2f}")
         for name, tree in trees:
             print(f"  {name:8} {tree} ({git_describe(tree)})")
         layouts: list[tuple[str, int | None]] = [("one process", None)]
         if args.workers:
             layouts.append((f"--workers {args.workers}", args.workers))
-        header = (f"{'':24}{'pollen':>10}{'baseline':>11}{'this':>11}  {'unit':6}"
-                  f"{'this/base':>10}{'this/pollen':>12}")
+        header = (f"{'':26}{'nginx':>9}{'pollen':>10}{'baseline':>11}{'this':>11}  {'unit':6}"
+                  f"{'this/base':>10}{'this/pollen':>12}{'this/nginx':>11}")
         print(header)
+        ceiling: dict[str, float] = {}
         for layout, workers in layouts:
             if workers and not all(supported(tree, "--workers") for _, tree in trees):
                 print(f"{layout}: not supported by every tree, skipped")
@@ -250,27 +423,32 @@ def inner(args: argparse.Namespace) -> None:
             apps = [start_app(name, tree, workers) for name, tree in trees]
             ready(apps)
             print(layout)
-            for test in tests(args.http_only):
-                if args.only and args.only not in test.label:
-                    continue
+            for test in selected:
                 best: dict[str, float] = {}
-                conns = min(c, 8) if test.unit == "MB/s" else c
+                # Latency: the lowest of the rounds is kept, as rates keep the highest.
+                better = min if test.unit == "ms" else max
                 for _ in range(args.rounds):
+                    if test.ceiling and nginx is not None and test.label not in ceiling:
+                        r = measure(test, test.scheme, nginx[test.scheme == "https"], "/r64")
+                        best["nginx"] = better(best.get("nginx", r.rps), r.rps)
                     if test.pollen_path is not None:
-                        port = p_http if test.scheme == "http" else p_https
-                        rps, _ = wrk(f"{test.scheme}://127.0.0.1:{port}{test.pollen_path}", s, conns,
-                                     post if test.post else None)
-                        best["pollen"] = max(best.get("pollen", 0.0), rps)
+                        r = measure(test, test.scheme, p_http if test.scheme == "http" else p_https,
+                                    test.pollen_path)
+                        best["pollen"] = better(best.get("pollen", value(test, r)), value(test, r))
                     for app in apps:
                         port = app.http if test.scheme == "http" else app.https
-                        rps, bps = wrk(f"{test.scheme}://127.0.0.1:{port}{test.path}", s, conns,
-                                       post if test.post else None)
-                        value = rps if test.unit == "req/s" else bps / 1e6
-                        best[app.name] = max(best.get(app.name, 0.0), value)
+                        r = measure(test, test.scheme, port, test.path)
+                        best[app.name] = better(best.get(app.name, value(test, r)), value(test, r))
+                if "nginx" in best:
+                    ceiling[test.label] = best["nginx"]
                 this, base, pollen = best["this"], best.get("baseline"), best.get("pollen")
-                print(f"  {test.label:22}{cell(pollen, 10)}{cell(base, 11)}{cell(this, 11)}  "
+                top = ceiling.get(test.label)
+                digits = 2 if test.unit == "ms" else 0
+                print(f"  {test.label:24}{cell(top, 9)}{cell(pollen, 10, digits)}"
+                      f"{cell(base, 11, digits)}{cell(this, 11, digits)}  "
                       f"{test.unit:6}{cell(base and this / base, 10, 2)}"
-                      f"{cell(pollen and this / pollen, 12, 2)}")
+                      f"{cell(pollen and this / pollen, 12, 2)}{cell(top and this / top, 11, 2)}",
+                      flush=True)
             stop(apps)
     finally:
         for p in procs:
@@ -295,15 +473,21 @@ def main() -> None:
     parser.add_argument("--http-only", action="store_true", help="skip the https measurements")
     parser.add_argument("--only", metavar="TEXT", default=None,
                         help="only the measurements whose label holds TEXT, e.g. '1 MiB'")
-    parser.add_argument("--profile", action="store_true", help="profile this tree's appliance in a POST run")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile this tree's appliance, once per measurement --only keeps")
+    parser.add_argument("--profile-top", type=int, default=15, metavar="N",
+                        help="functions printed per profiled measurement")
+    parser.add_argument("--rate", type=float, default=1000.0,
+                        help="the fixed request rate of the latency measurements, req/s")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.inner:
         inner(args)
         return
-    for tool in ("wrk", "pollen", "unshare", "ip"):
+    for tool in ("wrk", "pollen", "unshare", "ip", "h2load"):
         if shutil.which(tool) is None:
-            sys.exit(f"{tool} is not installed (apt install wrk pollen util-linux iproute2)")
+            sys.exit(f"{tool} is not installed "
+                     "(apt install wrk pollen util-linux iproute2 nghttp2-client; nginx is optional)")
     if args.baseline_tree is not None and not (Path(args.baseline_tree) / "entropy_appliance").is_dir():
         sys.exit(f"{args.baseline_tree} holds no entropy_appliance package "
                  "(make one with: git worktree add /tmp/base d217771)")
