@@ -15,13 +15,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from entropy_appliance.core.health import HealthTests
-from entropy_appliance.core.pool import FailClosed, PoolShort, PoolState, ReseedPolicy, SeedPool, Starved
+from entropy_appliance.core.pool import (
+    FailClosed,
+    OutputBlock,
+    PoolShort,
+    PoolState,
+    ReseedPolicy,
+    SeedPool,
+    Starved,
+)
 from entropy_appliance.core.states import SourceState
 from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.source.producer import SourceProducer
@@ -581,3 +591,150 @@ def test_read_ahead_follows_demand_up_to_a_bound() -> None:
     assert pool.target() <= pool.max_buffer
     held.deliver(2)  # the read in flight, then one sized by the new target
     assert max(held.sizes) > 1024  # the reader was asked for more than its floor
+
+
+# -- the block of DRBG output that small requests are served from -------------
+
+
+class TrackingBlock(OutputBlock):
+    """An :class:`OutputBlock` that records every fill and every slice it hands out."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.fills: list[bytes] = []
+        #: (fill index, start, end) of each slice handed out.
+        self.slices: list[tuple[int, int, int]] = []
+        self.drops = 0
+
+    def fill(self, data: bytes) -> None:
+        super().fill(data)
+        self.fills.append(data)
+
+    def drop(self) -> None:
+        super().drop()
+        self.drops += 1
+
+    def take(self, n: int) -> bytes | None:
+        out = super().take(n)
+        if out:
+            start = len(self.fills[-1]) - self.left - n
+            assert out == self.fills[-1][start:start + n]
+            self.slices.append((len(self.fills) - 1, start, start + n))
+        return out
+
+
+def block_pool(block: OutputBlock, max_bytes: int = 64 * 1024 * 1024,
+               getpid: Callable[[], int] = os.getpid) -> tuple[SeedPool, Clock]:
+    clock = Clock()
+    pool = SeedPool(clock, HealthTests(8.0), ReseedPolicy(1.0, max_bytes, 384), getpid=getpid,
+                    block=block)
+    pool.write(os.urandom(4096))
+    assert pool.ready()
+    return pool, clock
+
+
+def test_small_requests_are_slices_of_one_generate() -> None:
+    block = TrackingBlock(1024)
+    pool, _ = block_pool(block)
+    a, b = pool.random_bytes(64), pool.random_bytes(64)
+    assert len(block.fills) == 1 and a + b == block.fills[0][:128]
+    assert len(pool.random_bytes(1024)) == 1024  # the block's size: its own generate
+    assert pool.random_bytes(8, additional_input=b"x") not in block.fills[0]
+    assert block.slices == [(0, 0, 64), (0, 64, 128)]
+    status = pool.status()
+    assert status.drbg.bytes_generated == 64 + 64 + 1024 + 8  # handed out, not generated
+    assert status.drbg.bytes_since_reseed == 1024 + 1024 + 8
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1500), st.sampled_from(["plain", "input", "tick", "wait"])),
+                min_size=1, max_size=120))
+def test_no_byte_is_handed_out_twice(requests: list[tuple[int, str]]) -> None:
+    block = TrackingBlock(1024)
+    # Reseeds every 16 KiB of output as well as every second.
+    pool, clock = block_pool(block, max_bytes=16 * 1024)
+    for n, how in requests:
+        pool.write(os.urandom(1024))
+        if how == "tick":
+            clock.advance(1.0)
+            pool.tick()
+        elif how == "wait":
+            clock.advance(0.4)
+        out = pool.random_bytes(n, additional_input=b"in" if how == "input" else b"")
+        assert len(out) == n
+    # Within a fill the slices follow each other without overlap; a dropped
+    # fill is never handed out from again, and every fill is fresh output.
+    ends: dict[int, int] = {}
+    for fill, start, end in block.slices:
+        assert start >= ends.get(fill, 0)
+        ends[fill] = end
+    order = [fill for fill, _, _ in block.slices]
+    assert order == sorted(order)
+    fresh = {data[:16] for data in block.fills}
+    assert len(fresh) == len(block.fills)
+
+
+def test_a_reseed_drops_the_block() -> None:
+    block = TrackingBlock(1024)
+    pool, clock = block_pool(block)
+    pool.random_bytes(64)
+    rest = block.fills[-1][64:]
+    clock.advance(1.0)
+    pool.write(os.urandom(1024))
+    pool.tick()
+    assert block.left == 0
+    after = pool.random_bytes(64)
+    assert len(block.fills) == 2 and after == block.fills[1][:64] and after not in rest
+
+
+def test_a_fork_drops_the_block() -> None:
+    pid = [100]
+    block = TrackingBlock(1024)
+    pool, _ = block_pool(block, getpid=lambda: pid[0])
+    pool.random_bytes(64)
+    parent_rest = block.fills[-1][64:]
+    pid[0] = 101
+    with pytest.raises(Starved):
+        pool.random_bytes(64)  # the child has no seed of its own yet
+    assert block.left == 0
+    pool.write(os.urandom(4096))
+    child = pool.random_bytes(64)
+    assert child not in parent_rest and child == block.fills[-1][:64]
+
+
+def test_starving_and_failing_drop_the_block() -> None:
+    block = TrackingBlock(1024)
+    pool, clock = block_pool(block)
+    pool.random_bytes(64)
+    pool._buffer.clear()
+    clock.advance(1.0)
+    pool.tick()
+    assert pool.state is PoolState.STARVED and block.left == 0
+    pool.write(os.urandom(4096))
+    pool.random_bytes(64)
+    assert block.left > 0
+    pool.source_failed("unplugged")
+    assert pool.state is PoolState.FAILED and block.left == 0
+    with pytest.raises(FailClosed):
+        pool.random_bytes(64)
+
+
+def test_mixed_data_reaches_the_drbg_at_the_next_reseed() -> None:
+    import random
+
+    def twin() -> SeedPool:
+        rng = random.Random(7)
+        pool = SeedPool(Clock(), HealthTests(8.0), ReseedPolicy(), personalization=lambda: b"p")
+        pool.write(rng.randbytes(4096))
+        pool.random_bytes(16)
+        pool._buffer[:] = rng.randbytes(len(pool._buffer))
+        return pool
+
+    a, b = twin(), twin()
+    a.mix(b"challenge")
+    assert a.random_bytes(64) == b.random_bytes(64)  # not before the reseed
+    a._clock.advance(1.0)  # type: ignore[attr-defined]
+    b._clock.advance(1.0)  # type: ignore[attr-defined]
+    a.tick()
+    b.tick()
+    assert a.random_bytes(64) != b.random_bytes(64)

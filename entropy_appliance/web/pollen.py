@@ -4,8 +4,14 @@ The pollen protocol, as Ubuntu's ``pollinate`` client expects it.
 The client POSTs ``challenge=<hex>`` (form encoded) to the server URL, or
 GETs ``/?challenge=<hex>``.  The reply is ``200 text/plain; charset=utf-8``
 with exactly two lines: the hex SHA-512 of the challenge, then the hex
-SHA-512 of the challenge followed by 64 random bytes.  The challenge is also
-mixed into the DRBG as additional input, as pollen mixes it into its device.
+SHA-512 of the challenge followed by 64 random bytes.  The 64 bytes are a
+slice of the pool's block of DRBG output, never handed out elsewhere, so the
+challenge reaches the reply through the hash alone.  It also reaches the
+DRBG, as pollen writes it to its device: :meth:`SeedPool.mix` folds it in at
+the next reseed, as additional input, just as a write to ``/dev/urandom``
+reaches the kernel's generator at its next reseed.  A ``generate`` of its
+own per challenge would cost three AES key setups per request (README,
+"Performance").
 
 This module is the protocol alone; the response around a reply is built,
 for every channel, in :mod:`entropy_appliance.web.responses`.
@@ -57,7 +63,8 @@ def challenge_refusal(challenge: bytes | None) -> bytes | None:
 
 def pollen_reply(pool: SeedPool, challenge: bytes) -> bytes:
     """The two-line reply body for ``challenge``; raises FailClosed."""
-    random = pool.random_bytes(POLLEN_BYTES, additional_input=challenge, surface="pollen")
+    random = pool.random_bytes(POLLEN_BYTES, surface="pollen")
+    pool.mix(challenge)
     first = hashlib.sha512(challenge).hexdigest().encode()
     second = hashlib.sha512(challenge + random).hexdigest().encode()
     return first + b"\n" + second + b"\n"
