@@ -27,10 +27,16 @@ and for ``--workers N`` (default 2; 0: skip), it measures, over http and
 - ``GET /v1/random?bytes=1048576``, MB/s (pollen has no such answer);
 - ``POST /`` with a **new TLS connection per request** (``tls-close``): wrk
   over https with ``Connection: close``;
-- ``POST /`` over **h2**, one request per new connection (``h2-conn``):
-  h2load ``-c C -n C -m 1`` run back to back for the whole time (each run's
-  start-up is the client's, and counts against both servers alike);
-- h2 keep-alive, ``h2load -c 32 -m 10``, ``POST /`` and ``GET 64 B``;
+- ``POST /`` over TLS, one request per new connection, as pollinate's curl
+  sends it: HTTP/1.1 with no ``Connection: close``, the client closes after
+  the answer (``h1-conn``), and over h2 (``h2-conn``): h2load ``-c C -n C
+  -m 1`` (``--h1`` for the first) run back to back for the whole time (each
+  run's start-up is the client's, and counts against both servers alike);
+  and the same offering ``h2,http/1.1`` as curl does (``alpn-conn``), so the
+  server's ALPN preference decides;
+- h2 keep-alive, ``h2load -c 32 -m 10``, ``POST /`` and ``GET 64 B``.
+  Every h2 measurement offers only ``h2`` by ALPN, so it measures HTTP/2
+  whatever the server prefers;
 - latency: p50 and p99 of keep-alive ``POST /`` at a fixed moderate rate
   (``--rate`` req/s, spread over 10 wrk connections each pausing between
   requests), over http and https.
@@ -141,17 +147,21 @@ def h2load(url: str, argv: list[str], timeout: float) -> tuple[int, float]:
 
 def h2_keepalive(url: str, seconds: int, body: Path | None) -> Result:
     """h2load -c 32 -m 10 for ``seconds`` after a second of warm-up: 2xx answers per second."""
-    argv = ["-c32", "-m10", "-t1", f"-D{seconds}", "--warm-up-time=1"]
+    argv = ["-c32", "-m10", "-t1", f"-D{seconds}", "--warm-up-time=1", "--npn-list=h2"]
     if body is not None:
         argv += ["-d", str(body), "-H", "content-type: application/x-www-form-urlencoded"]
     ok, elapsed = h2load(url, argv, seconds + 60)
     return Result(ok / elapsed, 0.0)
 
 
-def h2_per_connection(url: str, seconds: int, clients: int, body: Path) -> Result:
-    """h2 POSTs, one per new connection: ``h2load -c C -n C -m 1`` back to back for ``seconds``."""
+def per_connection(url: str, seconds: int, clients: int, body: Path, alpn: str) -> Result:
+    """
+    POSTs, one per new connection, offering ``alpn`` (``http/1.1``: HTTP/1.1
+    only): ``h2load -c C -n C -m 1`` back to back for ``seconds``.
+    """
     argv = [f"-c{clients}", f"-n{clients}", "-m1", "-t1", "-d", str(body),
             "-H", "content-type: application/x-www-form-urlencoded"]
+    argv += ["--h1"] if alpn == "http/1.1" else [f"--npn-list={alpn}"]
     ok, start = 0, time.monotonic()
     deadline = start + seconds
     while time.monotonic() < deadline:
@@ -214,7 +224,7 @@ class Test:
     post: bool = False
     pollen_path: str | None = None
     #: wrk (keep-alive), close (wrk, Connection: close), h2 (h2load keep-alive),
-    #: h2-conn (h2load, one request per connection), latency (wrk at a fixed rate).
+    #: h1-conn, h2-conn, alpn-conn (h2load, one request per connection), latency (wrk at a rate).
     client: str = "wrk"
     #: Compared with nginx's static 64-byte file with the same client.
     ceiling: bool = False
@@ -238,7 +248,9 @@ def tests(http_only: bool) -> list[Test]:
     if not http_only:
         out += [
             Test("POST / tls-close", "https", "/", "req/s", post=True, pollen_path="/", client="close"),
+            Test("POST / h1-conn", "https", "/", "req/s", post=True, pollen_path="/", client="h1-conn"),
             Test("POST / h2-conn", "https", "/", "req/s", post=True, pollen_path="/", client="h2-conn"),
+            Test("POST / alpn-conn", "https", "/", "req/s", post=True, pollen_path="/", client="alpn-conn"),
             Test("POST / h2", "https", "/", "req/s", post=True, pollen_path="/", client="h2"),
             Test("GET 64 B h2", "https", "/v1/random?bytes=64", "req/s",
                  pollen_path="/?challenge=" + "ab" * 64, client="h2", ceiling=True),
@@ -371,8 +383,9 @@ def inner(args: argparse.Namespace) -> None:
                 return wrk(url, s, 10, paced)
             if test.client == "h2":
                 return h2_keepalive(url, s, form if test.post else None)
-            if test.client == "h2-conn":
-                return h2_per_connection(url, s, 16, form)
+            if test.client.endswith("-conn"):
+                alpn = {"h1-conn": "http/1.1", "h2-conn": "h2", "alpn-conn": "h2,http/1.1"}[test.client]
+                return per_connection(url, s, 16, form, alpn)
             conns = min(c, 8) if test.unit == "MB/s" else c
             return wrk(url, s, conns, post if test.post else None)
 
@@ -405,7 +418,7 @@ def inner(args: argparse.Namespace) -> None:
 
         print(f"wrk -t1 -c{c} -d{s}s (GET 1 MiB: -c{min(c, 8)}; tls-close: -c16 Connection: close; "
               f"latency: wrk -c10 paced to {args.rate:.0f} req/s); h2load -c32 -m10 -D{s} "
-              f"(h2-conn: -c16 -n16 -m1 back to back); best of {args.rounds} round(s); "
+              f"(*-conn: -c16 -n16 -m1 back to back); best of {args.rounds} round(s); "
               f"host CPUs: {os.cpu_count()}; load {os.getloadavg()[0]:.2f}")
         for name, tree in trees:
             print(f"  {name:8} {tree} ({git_describe(tree)})")
