@@ -13,8 +13,8 @@ routes too: inline, or streamed by a pull
 :class:`~entropy_appliance.net.body.BodyWriter` that takes the channel's
 place on the transport.  Anything else goes to ``HTTPChannel`` unchanged,
 from that request on, so the two never disagree about where a request
-begins.  HTTP/2 never comes here: Twisted swaps in its own H2 connection
-after ALPN.
+begins.  HTTP/2 never comes here: after ALPN the Site's protocol switches
+to an :class:`~entropy_appliance.web.h2.H2Channel`.
 
 This is the one module that reaches into ``HTTPChannel``'s private state
 (``_buffer``, ``_busyReceiving``, ``_dataBuffer``, ``_waitingForTransport``,
@@ -30,10 +30,10 @@ from typing import Any
 from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web import http
 
 from entropy_appliance.net.body import BodyWriter
 from entropy_appliance.web.h1 import Match
+from entropy_appliance.web.h2 import ALPNSwitch
 from entropy_appliance.web.limits import LimitedHTTPChannel
 from entropy_appliance.web.responses import HotRoutes, Streamed
 
@@ -206,8 +206,9 @@ class FastHTTPChannel(LimitedHTTPChannel):
 
 def fast_channel_protocol(factory: Any) -> Any:
     """
-    The ``protocol`` of the Site: Twisted's ALPN-switching wrapper (HTTP/1.1
-    or HTTP/2) around a :class:`FastHTTPChannel`, as ``twisted.web.http``
-    builds it around a plain ``HTTPChannel``.
+    The ``protocol`` of the Site: the ALPN-switching wrapper (HTTP/1.1, or
+    HTTP/2 on :class:`~entropy_appliance.web.h2.H2Channel`) around a
+    :class:`FastHTTPChannel`, as ``twisted.web.http`` builds Twisted's own
+    around a plain ``HTTPChannel``.
     """
-    return http._GenericHTTPChannelProtocol(FastHTTPChannel())
+    return ALPNSwitch(FastHTTPChannel())
