@@ -1,20 +1,28 @@
 """
 Per-peer limits, in memory: the pure accounting of ``core.peers`` over a
 task.Clock, and the real Site and raw stream behind the adapters (TCP level
-in ``net.limits``, HTTP level in ``web.limits``), each connection on a
-StringTransport with its own peer address.
+in ``net.limits``, HTTP level in ``web.limits`` and ``web.requests``), each
+connection on a StringTransport with its own peer address: rates, deadlines,
+bandwidth, request bodies bounded before they are read, the problems that
+answer requests that cannot be read, connections per peer and per process,
+and the listen backlog.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import resource
 from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocolNegotiationFactory, IPullProducer, IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from entropy_appliance.core.peers import (
@@ -25,10 +33,18 @@ from entropy_appliance.core.peers import (
     TokenBucket,
     peer_key,
 )
-from entropy_appliance.net.limits import PeerGuard, PeerLimitedFactory, _ProducerGate
+from entropy_appliance.net.limits import (
+    ConnectionBudget,
+    PeerGuard,
+    PeerLimitedFactory,
+    _ProducerGate,
+    fd_budget,
+    with_backlog,
+)
 from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.web import EntropyWeb
-from entropy_appliance.web.limits import limit_site
+from entropy_appliance.web.limits import LINGER_BYTES, LINGER_SECONDS, HTTPLimits, limit_site
+from entropy_appliance.web.requests import DEFAULT_MAX_BODY
 from tests.web_helpers import seeded_pool
 
 # -- pure accounting -------------------------------------------------------------
@@ -427,3 +443,301 @@ def test_bandwidth_is_shared_between_stream_and_http() -> None:
 def test_gate_provides_both_producer_interfaces() -> None:
     gate = _ProducerGate(object(), True)
     assert verifyObject(IPushProducer, gate) and verifyObject(IPullProducer, gate)
+
+
+# -- request bodies, before they are read ------------------------------------------
+
+
+def body_stack(**limits: Any) -> tuple[PeerLimitedFactory, Clock]:
+    """The Site behind the guard with these HTTP limits (and the per-peer ones off)."""
+    clock = Clock()
+    web = EntropyWeb(seeded_pool(clock), clock)
+    site = web.site(timeout=None, reactor=clock)
+    guard = PeerGuard(PeerPolicy(rate=0, header_timeout=15, idle_timeout=0), clock)
+    return limit_site(site, guard, observe=web.observe, limits=HTTPLimits(**limits)), clock
+
+
+def problem_of(raw: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    status, headers, body = parse(raw)
+    assert headers["content-type"] == "application/problem+json", raw[:300]
+    problem = json.loads(body)
+    assert problem["status"] == status
+    return status, headers, problem
+
+
+def test_a_content_length_over_max_body_is_refused_before_the_body_is_read() -> None:
+    factory, clock = body_stack(max_body=1024)
+    proto, t = connect(factory, "192.0.2.1")
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000000\r\n"
+                       b"Expect: 100-continue\r\n\r\n")
+    status, headers, problem = problem_of(t.value())
+    assert status == 413 and headers["connection"] == "close"
+    assert "10000000000 bytes is over this server's limit of 1024" in problem["detail"]
+    assert b"100 Continue" not in t.value()  # the client is not invited to send it
+    # What the client sends meanwhile is read and dropped: no request is
+    # parsed out of it, and the connection closes after the linger.
+    t.clear()
+    proto.dataReceived(b"x" * 100_000 + b"GET /health HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert t.value() == b"" and not t.disconnecting
+    clock.advance(LINGER_SECONDS)
+    assert t.disconnecting
+
+
+def test_a_refused_body_that_goes_on_is_cut_at_the_linger_bytes() -> None:
+    factory, _ = body_stack(max_body=1024)
+    proto, t = connect(factory, "192.0.2.1")
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n")
+    assert parse(t.value())[0] == 413
+    for _ in range(LINGER_BYTES // 65536):
+        proto.dataReceived(b"x" * 65536)
+    assert not t.disconnecting
+    proto.dataReceived(b"x" * 65536)
+    assert t.disconnecting
+
+
+def test_a_chunked_body_is_cut_at_max_body() -> None:
+    factory, _ = body_stack(max_body=4096)
+    proto, t = connect(factory, "192.0.2.1")
+    channel = proto.wrappedProtocol._channel
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                       b"Content-Type: application/x-www-form-urlencoded\r\n\r\n")
+    (request,) = channel.requests
+    for _ in range(4):
+        proto.dataReceived(b"400\r\n" + b"a" * 1024 + b"\r\n")
+    assert t.value() == b""  # 4096 bytes: at the limit, not past it
+    assert request.content.tell() == 4096
+    proto.dataReceived(b"1\r\na\r\n")
+    status, _, problem = problem_of(t.value())
+    assert status == 413 and "limit of 4096 bytes" in problem["detail"]
+    # Nothing more is kept, whatever follows.
+    for _ in range(100):
+        proto.dataReceived(b"400\r\n" + b"a" * 1024 + b"\r\n")
+    assert request.content.tell() == 0
+
+
+def test_bodies_stay_in_memory_where_twisted_would_spool_them_to_a_file() -> None:
+    """Twisted's Request writes bodies of 100 kB or more to a temporary file; ours never do."""
+    from io import BytesIO
+
+    factory, _ = body_stack(max_body=256 * 1024)
+    proto, t = connect(factory, "192.0.2.1")
+    channel = proto.wrappedProtocol._channel
+    body = b"challenge=" + b"ab" * 100_000
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(body) + body[:1000])
+    (request,) = channel.requests
+    assert isinstance(request.content, BytesIO)
+    proto.dataReceived(body[1000:])
+    status, _, answer = parse(t.value())
+    assert status == 400 and b"too long" in answer  # pollen's own limit, after the whole body
+
+
+def test_the_largest_request_the_document_admits_fits_the_default_max_body() -> None:
+    from urllib.parse import quote
+
+    from entropy_appliance.web.pollen import MAX_CHALLENGE
+
+    factory, _ = body_stack()
+    proto, t = connect(factory, "192.0.2.1")
+    body = b"challenge=" + quote("\U0001f600" * MAX_CHALLENGE).encode()
+    assert len(body) == 49_162 <= DEFAULT_MAX_BODY
+    proto.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                       b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    status, _, answer = parse(t.value())
+    assert status == 200 and len(answer.split(b"\n")[0]) == 128
+
+
+def test_a_slow_body_is_cut_at_the_body_timeout() -> None:
+    factory, clock = body_stack(body_timeout=10)
+    slow, slow_t = connect(factory, "192.0.2.1")
+    slow.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n"
+                      b"Content-Type: application/x-www-form-urlencoded\r\n\r\n")
+    for _ in range(9):  # a byte a second keeps every idle timer away
+        slow.dataReceived(b"a")
+        clock.advance(1)
+    assert not slow_t.disconnecting
+    clock.advance(1)
+    assert slow_t.disconnecting and slow_t.value() == b""
+    # A body that arrives in time meets no deadline, and a request without
+    # a body starts none.
+    prompt, prompt_t = connect(factory, "192.0.2.1", 40001)
+    post_pollen(prompt, prompt_t)
+    assert get(prompt, prompt_t, "/health")[0] == 200
+    clock.advance(60)
+    assert not prompt_t.disconnecting
+
+
+def test_body_timeout_zero_means_no_deadline() -> None:
+    factory, clock = body_stack(body_timeout=0)
+    slow, slow_t = connect(factory, "192.0.2.1")
+    slow.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n")
+    clock.advance(3600)
+    assert not slow_t.disconnecting
+
+
+# -- answers to requests that cannot be read: problems, never a bare status line ---
+
+
+def exchange_raw(request: bytes, **limits: Any) -> tuple[bytes, StringTransport]:
+    factory, _ = body_stack(**limits)
+    proto, t = connect(factory, "192.0.2.1")
+    proto.dataReceived(request)
+    return t.value(), t
+
+
+HEAD = b"GET /health HTTP/1.1\r\nHost: a\r\n"
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "detail"), [
+    (HEAD + b"".join(b"X-H%d: v\r\n" % i for i in range(600)) + b"\r\n", 431, "more than 500 header lines"),
+    (HEAD + b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 4000) for i in range(20)) + b"\r\n", 431,
+     "head is over 65536 bytes"),
+    (HEAD + b"X-Big: " + b"v" * (1 << 20) + b"\r\n\r\n", 431, "header line is over 65536 bytes"),
+    (b"GET /?challenge=" + b"a" * 70000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", 414,
+     "request line is over 65536 bytes"),
+    (b"GET  /health HTTP/1.1\r\nHost: a\r\n\r\n", 400, "malformed"),
+    (HEAD + b"Bad Header: x\r\n\r\n", 400, "malformed"),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, "malformed"),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400,
+     "malformed"),
+])
+def test_requests_the_parser_refuses_are_answered_with_a_problem_and_closed(
+        request_bytes: bytes, status: int, detail: str) -> None:
+    raw, t = exchange_raw(request_bytes)
+    got, headers, problem = problem_of(raw)
+    assert (got, headers["connection"]) == (status, "close")
+    assert detail in problem["detail"]
+    assert raw.count(b"HTTP/1.1 ") == 1  # one answer, whatever followed in the same read
+
+
+@pytest.mark.parametrize(("request_bytes", "detail"), [
+    (b"GET /%ff%fe HTTP/1.1\r\nHost: a\r\n\r\n", "not UTF-8"),
+    (b"GET /health HTTP/1.1\r\n\r\n", "must have a Host header"),
+    (b"GET /v1/random?bytes=16 HTTP/1.1\r\n\r\n", "must have a Host header"),
+    (b"POST / HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 16\r\n\r\n"
+     b"challenge=abcdef", "must have a Host header"),
+    (b"GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host"),
+    (b"GET /health HTTP/1.1\r\nHost: a b\r\n\r\n", "not a host name"),
+    (b"GET /health HTTP/1.1\r\nHost: \xc3\xa9\r\n\r\n", "not a host name"),
+])
+def test_requests_no_route_could_read_get_400_problem_json(request_bytes: bytes, detail: str) -> None:
+    raw, t = exchange_raw(request_bytes)
+    status, _, problem = problem_of(raw)
+    assert status == 400 and detail in problem["detail"]
+    assert not t.disconnecting  # a whole request, answered: the connection goes on
+
+
+def test_hosts_that_are_fine() -> None:
+    for host in (b"a", b"example.org:8080", b"[::1]:8443", b"192.0.2.1", b""):
+        raw, _ = exchange_raw(b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+        assert parse(raw)[0] == 200, host
+    raw, _ = exchange_raw(b"GET /health HTTP/1.0\r\n\r\n")
+    assert parse(raw)[0] == 200
+
+
+# -- connections per peer, and the process's budget ------------------------------
+
+
+def test_peer_connections_refuses_a_peers_next_http_connection_logged_once() -> None:
+    factory, _ = body_stack(connections=2)
+    addr = IPv4Address("TCP", "192.0.2.1", 9)
+    held = [connect(factory, "192.0.2.1", port) for port in (1, 2)]
+    with capturedLogs() as events:
+        assert all(factory.buildProtocol(addr) is None for _ in range(50))
+        other, other_t = connect(factory, "192.0.2.2", 3)
+        assert get(other, other_t, "/health")[0] == 200
+        for proto, t in held:
+            t.loseConnection()
+            proto.connectionLost(Failure(ConnectionDone()))
+        assert factory.buildProtocol(addr) is not None
+    lines = [formatEvent(e) for e in events]
+    assert len(lines) == 2, lines
+    assert "refused a connection from 192.0.2.1: it already has 2 open" in lines[0]
+    assert "192.0.2.1 has no connection left; 50 of its connections were refused" in lines[1]
+
+
+def test_peer_connections_zero_means_no_limit() -> None:
+    factory, _ = body_stack(connections=0)
+    for port in range(200):
+        connect(factory, "192.0.2.1", port)
+
+
+def test_the_connection_budget_spans_every_listener_and_is_logged_once() -> None:
+    clock = Clock()
+    guard = PeerGuard(PeerPolicy(streams=0), clock, budget=ConnectionBudget(10))
+    web = EntropyWeb(seeded_pool(clock), clock)
+    http = limit_site(web.site(timeout=None, reactor=clock), guard, limits=HTTPLimits(connections=0))
+    stream = guard.wrap_stream(StreamFactory(seeded_pool(clock)))
+    open_ = [connect(http, f"192.0.2.{i}", 1) for i in range(6)]
+    open_ += [connect(stream, f"198.51.100.{i}", 1) for i in range(4)]
+    with capturedLogs() as events:
+        assert http.buildProtocol(IPv4Address("TCP", "203.0.113.1", 1)) is None
+        assert stream.buildProtocol(IPv4Address("TCP", "203.0.113.2", 1)) is None
+        assert all(http.buildProtocol(IPv4Address("TCP", "203.0.113.3", p)) is None for p in range(100))
+        # The open connections are served all the while.
+        assert get(*open_[0], "/health")[0] == 200
+        for proto, t in open_[:2]:
+            t.loseConnection()
+            proto.connectionLost(Failure(ConnectionDone()))
+        assert http.buildProtocol(IPv4Address("TCP", "203.0.113.3", 1)) is not None
+    lines = [formatEvent(e) for e in events]
+    assert len(lines) == 2, lines
+    assert "refusing new connections: 10 are open" in lines[0] and "LimitNOFILE" in lines[0]
+    assert "accepting new connections again (8 open); 102 were refused" in lines[1]
+    assert guard.budget is not None and guard.budget.open == 9
+
+
+def test_the_default_budget_is_the_fd_limit_less_a_reserve() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    guard = PeerGuard(PeerPolicy(), Clock())
+    assert guard.budget is not None and guard.budget.limit == fd_budget() == soft - max(64, soft // 8)
+
+
+# -- listen backlog, options -------------------------------------------------------
+
+
+@pytest.mark.parametrize(("description", "expected"), [
+    ("tcp:8080", "tcp:8080:backlog=1024"),
+    ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=1024"),
+    ("ssl:8443:privateKey=k.pem:certKey=c.pem", "ssl:8443:privateKey=k.pem:certKey=c.pem:backlog=1024"),
+    ("tcp6:8080:interface=\\:\\:1", "tcp6:8080:interface=\\:\\:1:backlog=1024"),
+    ("unix:/run/entropy.sock", "unix:/run/entropy.sock:backlog=1024"),
+    ("tcp:8080:backlog=7", "tcp:8080:backlog=7"),
+    ("ssl:8443:backlog=4096:interface=::1", "ssl:8443:backlog=4096:interface=::1"),
+    ("systemd:domain=INET:name=http", "systemd:domain=INET:name=http"),
+])
+def test_endpoints_get_a_larger_backlog_unless_they_name_one(description: str, expected: str) -> None:
+    assert with_backlog(description) == expected
+
+
+def test_the_listeners_listen_with_the_backlog(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.testing import MemoryReactor
+
+    from entropy_appliance.app.build import _listening_endpoints, _tls_contexts
+    from entropy_appliance.app.options import parse_config
+
+    monkeypatch.chdir(tmp_path)
+    config = parse_config(["--http", "tcp:8080", "--http", "tcp:8081:backlog=5", "--https", "ssl:8443",
+                           "--https", "tcp:8444", "--stream", "tcp:9000"])
+    reactor = MemoryReactor()
+    for _, _, endpoint in _listening_endpoints(config, reactor, _tls_contexts(config)):
+        endpoint.listen(object())
+    backlogs = [port[2] for port in reactor.tcpServers] + [port[3] for port in reactor.sslServers]
+    assert backlogs == [1024, 1024, 5, 1024, 1024]
+
+
+def test_the_http_limit_options() -> None:
+    from twisted.python.usage import UsageError
+
+    from entropy_appliance.app.options import parse_config
+
+    assert parse_config([]).http_limits == HTTPLimits() == HTTPLimits(65536, 15.0, 64)
+    limits = parse_config([], {"ENTROPY_MAX_BODY": "8K", "ENTROPY_BODY_TIMEOUT": "2.5",
+                               "ENTROPY_PEER_CONNECTIONS": "0"}).http_limits
+    assert limits == HTTPLimits(8192, 2.5, 0)
+    for argv, message in [(["--max-body", "100"], "--max-body '100': must be between 1K and 16M"),
+                          (["--max-body", "1G"], "--max-body '1G': must be between 1K and 16M"),
+                          (["--body-timeout", "-1"], "--body-timeout '-1': must be seconds"),
+                          (["--peer-connections", "x"], "--peer-connections 'x': must be an integer")]:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            parse_config(argv)

@@ -174,7 +174,7 @@ def test_other_requests_are_untouched() -> None:
         assert raw.startswith(b"HTTP/1.1 400 ")
         assert b"application/problem+json" in raw
     _, site, _ = make_site()
-    raw = exchange(site, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n"
+    raw = exchange(site, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
                          b"Content-Type: application/x-www-form-urlencoded\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 400 ") and b"pollinate" in raw
     raw = exchange(site, b"GET /v1/random?bytes=100000 HTTP/1.1\r\nHost: x\r\n\r\n")

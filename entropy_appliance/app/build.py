@@ -37,7 +37,7 @@ from entropy_appliance.app.options import Config, tls_pairs
 from entropy_appliance.app.pipeline import CoreService, build_core
 from entropy_appliance.app.signals import GracefulStop, ReloadService
 from entropy_appliance.net import tls
-from entropy_appliance.net.limits import PeerGuard
+from entropy_appliance.net.limits import PeerGuard, with_backlog
 from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.source.detection import detect
 from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, DeviceSource, SourceSpec, open_source
@@ -189,7 +189,7 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
                      max_bytes=config.max_bytes, status_extras=status_extras or None,
                      seed_wait=config.seed_wait)
     site = web.site(h2=config.tls.h2, timeout=config.peers.idle_timeout or None)
-    http = limit_site(site, guard, observe=web.observe)
+    http = limit_site(site, guard, observe=web.observe, limits=config.http_limits)
     if onion is not None:
         onion_targets["http"] = site
         tree.add("onion", onion, "onion")
@@ -257,11 +257,15 @@ def _kinds(config: Config) -> list[str]:
 def _listening_endpoints(config: Config, reactor: Any,
                          contexts: list[tuple[tls.SSLEndpointSpec, tls.ReloadableContextFactory]],
                          ) -> list[tuple[str, str, IStreamServerEndpoint]]:
-    """(kind, description, endpoint) of every listener, in :func:`_kinds` order."""
-    out = [("stream", d, serverFromString(reactor, d)) for d in config.stream]
-    out += [("http", d, serverFromString(reactor, d)) for d in config.http]
-    out += [("https", d, tls.ssl_endpoint(reactor, spec, factory))
-            for d, (spec, factory) in zip(config.https, contexts, strict=True)]
+    """
+    (kind, description, endpoint) of every listener, in :func:`_kinds` order;
+    an endpoint that names no listen backlog gets a larger one than
+    Twisted's (:func:`~entropy_appliance.net.limits.with_backlog`).
+    """
+    out = [("stream", d, serverFromString(reactor, with_backlog(d))) for d in config.stream]
+    out += [("http", d, serverFromString(reactor, with_backlog(d))) for d in config.http]
+    out += [("https", d, tls.ssl_endpoint(reactor, tls.parse_https_endpoint(with_backlog(d)), factory))
+            for d, (_, factory) in zip(config.https, contexts, strict=True)]
     return out
 
 

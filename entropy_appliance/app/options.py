@@ -37,6 +37,7 @@ from entropy_appliance.core.units import parse_size
 from entropy_appliance.net import tls
 from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, SourceSpec, parse_source
 from entropy_appliance.web.app import DEFAULT_MAX_BYTES, DEFAULT_SEED_WAIT
+from entropy_appliance.web.limits import HTTPLimits
 
 if TYPE_CHECKING:
     from entropy_appliance.app.workers import InheritedPort
@@ -96,6 +97,7 @@ class Setting:
 
 _POLICY = ReseedPolicy()
 _PEERS = PeerPolicy()
+_HTTP = HTTPLimits()
 
 #: Every option of the appliance, with its default: the one place a default is written.
 SETTINGS: tuple[Setting, ...] = (
@@ -125,6 +127,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("no-h2", None, "Offer only http/1.1 by ALPN on the HTTPS endpoints (no HTTP/2).", "flag"),
     Setting("max-bytes", _size_text(DEFAULT_MAX_BYTES),
             "Largest /v1/random?bytes=N answered (K/M/G suffixes)."),
+    Setting("max-body", _size_text(_HTTP.max_body),
+            "Largest HTTP request body read, in bytes (K/M suffixes); a larger one gets 413 before it "
+            "is read. Bodies are kept in memory, never on disk."),
     Setting("onion", None, "Publish the site and the raw stream as a Tor v3 onion service.", "flag"),
     Setting("onion-ports", "80:http,9000:stream",
             "With --onion: VIRTUAL:TARGET pairs, comma-separated; targets are http and stream."),
@@ -150,6 +155,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("peer-streams", str(_PEERS.streams),
             "Most concurrent raw-stream connections from one client IP (IPv6: one /64); "
             "0: no limit."),
+    Setting("peer-connections", str(_HTTP.connections),
+            "Most concurrent HTTP(S) connections from one client IP (IPv6: one /64); 0: no limit."),
     Setting("peer-rate", f"{_PEERS.rate:g}",
             "HTTP requests per second per client IP, bursts of twice as many; past it, 429. "
             "0: no limit."),
@@ -161,6 +168,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("header-timeout", f"{_PEERS.header_timeout:g}",
             "Close an HTTP connection whose request head takes longer than this many seconds "
             "(slowloris); 0: never."),
+    Setting("body-timeout", f"{_HTTP.body_timeout:g}",
+            "Close an HTTP connection whose request body takes longer than this many seconds after "
+            "its head; 0: never."),
     Setting("workers", "1",
             f"Serving processes sharing every listener: N (1-{MAX_WORKERS}) or auto (one per core). "
             "With N > 1 this process reads the source and relays health-tested seed material to "
@@ -234,6 +244,7 @@ class Config:
     worker: WorkerConfig | None
     onion: OnionConfig | None
     argv: tuple[str, ...] = ()
+    http_limits: HTTPLimits = HTTPLimits()
 
     @property
     def role(self) -> Role:
@@ -330,11 +341,12 @@ class Options(EnvironmentOptions):
         max_bytes = self._max_bytes()
         onion = self._onion()
         shutdown_timeout, peers = self._limits()
+        http_limits = self._http_limits()
         self.config = Config(
             source=source, min_entropy=min_entropy, alpha=alpha, policy=policy, seed_wait=seed_wait,
             stream=stream, http=http, https=https, tls=tls_config, max_bytes=max_bytes,
             peers=peers, shutdown_timeout=shutdown_timeout, workers=self._workers(),
-            worker=worker, onion=onion, argv=tuple(self.argv),
+            worker=worker, onion=onion, argv=tuple(self.argv), http_limits=http_limits,
         )
 
     # -- one check per concern -------------------------------------------------
@@ -446,6 +458,15 @@ class Options(EnvironmentOptions):
             idle_timeout=self._seconds("idle-timeout", 86400),
             header_timeout=self._seconds("header-timeout", 3600))
         return shutdown_timeout, peers
+
+    def _http_limits(self) -> HTTPLimits:
+        """``--max-body``, ``--body-timeout`` and ``--peer-connections``."""
+        max_body = self._ranged("max-body", 1024, 16 * 1024 ** 2, "must be between 1K and 16M",
+                                value=self._size("max-body"))
+        connections = self._ranged("peer-connections", 0, 1_000_000,
+                                   "must be an integer, 0 (no limit) or more", convert=int)
+        return HTTPLimits(max_body=int(max_body), body_timeout=self._seconds("body-timeout", 3600),
+                          connections=int(connections))
 
     def _workers(self) -> int:
         text = str(self["workers"]).strip().lower()

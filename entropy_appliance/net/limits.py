@@ -4,8 +4,14 @@ accounting of :mod:`entropy_appliance.core.peers`, built on
 ``twisted.protocols.policies``.  Nothing here knows HTTP.
 
 - :class:`PeerLimitedFactory` (a ``WrappingFactory``) refuses a peer's
-  connection past ``--peer-streams`` by returning no protocol, which closes
-  it at once;
+  connection past ``--peer-streams`` (raw stream) or ``--peer-connections``
+  (HTTP) by returning no protocol, which closes it at once; it logs the
+  first refusal of a peer, and how many followed once the peer is under its
+  limit again;
+- :class:`ConnectionBudget` keeps the connections of the process within its
+  file descriptors (``RLIMIT_NOFILE``), so that a shortage is met by
+  refusing new connections, logged once, and never by a failed ``accept``,
+  an ``open`` or a ``socket`` call somewhere else;
 - :class:`PeerProtocol` (a ``ProtocolWrapper`` with ``TimeoutMixin``) closes
   connections idle for ``--idle-timeout`` seconds (nothing read or written:
   for a raw stream that means a client that stopped reading), and throttles
@@ -13,18 +19,27 @@ accounting of :mod:`entropy_appliance.core.peers`, built on
   on the transport;
 - :class:`InFlight` counts responses in flight, for a graceful stop;
 - :class:`PeerGuard` holds the limits of one process, shared by every
-  listener.
+  listener;
+- :func:`with_backlog` gives a listening endpoint description the listen
+  backlog of :data:`DEFAULT_BACKLOG` unless it names one.
 
-The HTTP-level limits (429 past ``--peer-rate``, the request-head deadline)
-are :mod:`entropy_appliance.web.limits`.
+The HTTP-level limits (429 past ``--peer-rate``, the request deadlines) are
+:mod:`entropy_appliance.web.limits`.
 
 ``twisted.protocols.policies.ThrottlingFactory`` throttles per factory, not
 per peer, and pauses only push producers; the raw stream is a pull producer,
 hence :class:`_ProducerGate`.  ``0`` turns any limit off.
+
+Twisted's own answer to ``EMFILE`` in ``accept`` (``tcp.Port.doRead``) is to
+close a reserved descriptor, accept every waiting connection and close it
+at once, logging a line for each: waiting clients are turned away and the
+log fills.  The budget keeps the process from getting there.
 """
 
 from __future__ import annotations
 
+import re
+import resource
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -53,13 +68,29 @@ from entropy_appliance.core.peers import (
 
 __all__ = [
     "BandwidthThrottle",
+    "ConnectionBudget",
     "PeerLimitedFactory",
     "PeerProtocol",
     "InFlight",
     "PeerGuard",
+    "with_backlog",
+    "fd_budget",
+    "DEFAULT_PEER_CONNECTIONS",
+    "DEFAULT_BACKLOG",
 ]
 
 _log = Logger()
+
+#: Concurrent HTTP(S) connections per peer, by default (``--peer-connections``).
+DEFAULT_PEER_CONNECTIONS = 64
+
+#: The listen backlog of an endpoint that names none.  Twisted's default of
+#: 50 makes a burst of connects wait for SYN retransmits; the kernel caps it
+#: at ``net.core.somaxconn``.
+DEFAULT_BACKLOG = 1024
+
+#: The endpoint types whose descriptions take ``backlog=``.
+_BACKLOG_TYPES = frozenset({"tcp", "tcp6", "ssl", "unix"})
 
 
 class _Finishing(Protocol):
@@ -326,12 +357,79 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
             self._gate.unthrottle()
 
 
+class ConnectionBudget:
+    """
+    At most ``limit`` connections open at once, over every listener of the
+    process.  Past it a new connection is refused: closed as soon as it is
+    accepted.  That is logged once when a shortage begins, and once when it
+    ends (below nine tenths of the limit), with the number refused.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        self.limit = limit
+        self.open = 0
+        #: Connections refused in the shortage of the moment.
+        self.refused = 0
+        self._short = False
+
+    def acquire(self) -> bool:
+        """Count a new connection; False (and nothing counted) past the limit."""
+        if self.open >= self.limit:
+            if not self._short:
+                self._short = True
+                _log.warn("refusing new connections: {n} are open, as many as the file descriptor limit "
+                          "(RLIMIT_NOFILE) leaves room for; raise it (LimitNOFILE= under systemd)",
+                          n=self.open)
+            self.refused += 1
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        """A connection counted by :meth:`acquire` has closed."""
+        self.open -= 1
+        if self._short and self.open < self.limit * 0.9:
+            self._short = False
+            _log.info("accepting new connections again ({n} open); {r} were refused meanwhile",
+                      n=self.open, r=self.refused)
+            self.refused = 0
+
+
+def fd_budget(reserve: int = 64) -> int | None:
+    """
+    The connections this process may hold: its soft ``RLIMIT_NOFILE`` less an
+    eighth (at least ``reserve``) for whatever else it opens (listeners, the
+    source, logs, TLS files, worker pipes, and ``accept`` itself); None when
+    the limit is unlimited.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(1, soft - max(reserve, soft // 8))
+
+
+def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
+    """
+    ``description`` with ``:backlog=N`` added when it is a ``tcp:``,
+    ``tcp6:``, ``ssl:`` or ``unix:`` endpoint that names no backlog; any
+    other (``systemd:``, whose socket systemd made with its own ``Backlog=``)
+    as it is.
+    """
+    parts = re.split(r"(?<!\\):", description)
+    if parts[0] not in _BACKLOG_TYPES or any(p.startswith("backlog=") for p in parts[1:]):
+        return description
+    return f"{description}:backlog={backlog}"
+
+
 class PeerLimitedFactory(WrappingFactory["PeerProtocol"]):
     """
     Wraps a factory (the raw stream's, or the Site) so that its connections
-    obey the per-peer limits.  ``connections`` (``--peer-streams``) refuses a
-    peer's connection past its count; ``throttle`` (``--peer-bandwidth``) is
-    shared by every surface.
+    obey the per-peer limits.  ``connections`` (``--peer-streams`` or
+    ``--peer-connections``) refuses a peer's connection past its count;
+    ``throttle`` (``--peer-bandwidth``) and ``budget`` (the process's file
+    descriptors) are shared by every surface.
     """
 
     protocol = PeerProtocol
@@ -339,12 +437,16 @@ class PeerLimitedFactory(WrappingFactory["PeerProtocol"]):
 
     def __init__(self, wrappedFactory: Any, clock: IReactorTime, policy: PeerPolicy, *,
                  connections: PeerConnections | None = None,
-                 throttle: BandwidthThrottle | None = None) -> None:
+                 throttle: BandwidthThrottle | None = None,
+                 budget: ConnectionBudget | None = None) -> None:
         super().__init__(wrappedFactory)
         self.clock = clock
         self.policy = policy
         self.connections = connections
         self.throttle = throttle
+        self.budget = budget
+        #: Peers refused at their limit, and how often, until they have no connection left.
+        self._refusals: dict[str, int] = {}
         self._all_closed: list[Deferred[None]] = []
         if IProtocolNegotiationFactory.providedBy(wrappedFactory):
             # TLS asks the factory it wraps (this one) for the ALPN protocols.
@@ -352,24 +454,42 @@ class PeerLimitedFactory(WrappingFactory["PeerProtocol"]):
             alsoProvides(self, IProtocolNegotiationFactory)
 
     def buildProtocol(self, addr: IAddress) -> PeerProtocol | None:  # type: ignore[override]
-        """A limited connection for ``addr``, or None (closed at once) past ``--peer-streams``."""
+        """A limited connection for ``addr``, or None (closed at once) past a connection limit."""
         peer = peer_key(addr)
         if self.connections is not None and not self.connections.acquire(peer):
-            _log.info("refused a connection from {peer}: it already has {n} open",
-                      peer=peer, n=self.connections.limit)
+            refused = self._refusals.get(peer, 0)
+            if not refused:
+                _log.info("refused a connection from {peer}: it already has {n} open (further "
+                          "refusals are counted until it has none)", peer=peer, n=self.connections.limit)
+            self._refusals[peer] = refused + 1
+            return None
+        if self.budget is not None and not self.budget.acquire():
+            self._release(peer)
             return None
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
-            if self.connections is not None:
-                self.connections.release(peer)
+            self._release(peer)
+            if self.budget is not None:
+                self.budget.release()
             return None
         return PeerProtocol(self, wrapped, peer)
 
+    def _release(self, peer: str) -> None:
+        if self.connections is None:
+            return
+        self.connections.release(peer)
+        if self.connections.count(peer) == 0:
+            refused = self._refusals.pop(peer, 0)
+            if refused:
+                _log.info("{peer} has no connection left; {n} of its connections were refused "
+                          "at the limit", peer=peer, n=refused)
+
     def unregisterProtocol(self, p: Any) -> None:
-        """A connection closed: give its peer the slot back."""
+        """A connection closed: give its peer and the budget the slot back."""
         super().unregisterProtocol(p)
-        if self.connections is not None:
-            self.connections.release(p.peer)
+        self._release(p.peer)
+        if self.budget is not None:
+            self.budget.release()
         if not self.protocols and self._all_closed:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:
@@ -396,11 +516,14 @@ class PeerGuard:
     """
     The per-peer limits of one process, built once from a :class:`PeerPolicy`
     and shared by every listener: one rate limiter, one bandwidth account,
-    one stream-connection count, one in-flight request count.  The rate
-    limiter is applied by :func:`entropy_appliance.web.limits.limit_site`.
+    one stream-connection count, one in-flight request count, and one
+    connection budget (by default from ``RLIMIT_NOFILE``, see
+    :func:`fd_budget`).  The rate limiter is applied by
+    :func:`entropy_appliance.web.limits.limit_site`.
     """
 
-    def __init__(self, policy: PeerPolicy, clock: IReactorTime) -> None:
+    def __init__(self, policy: PeerPolicy, clock: IReactorTime,
+                 budget: ConnectionBudget | None = None) -> None:
         self.policy = policy
         self.clock = clock
         self.inflight = InFlight()
@@ -408,6 +531,10 @@ class PeerGuard:
         self.throttle = (BandwidthThrottle(PeerBandwidth(policy.bandwidth, clock), clock)
                          if policy.bandwidth else None)
         self.stream_connections = PeerConnections(policy.streams) if policy.streams else None
+        if budget is None:
+            limit = fd_budget()
+            budget = ConnectionBudget(limit) if limit is not None else None
+        self.budget = budget
         self._http: list[PeerLimitedFactory] = []
 
     def close_http(self) -> Deferred[None]:
@@ -417,11 +544,16 @@ class PeerGuard:
 
     def wrap_stream(self, factory: Any) -> PeerLimitedFactory:
         """The raw stream's factory behind ``--peer-streams``, bandwidth and idle timeout."""
-        return PeerLimitedFactory(factory, self.clock, self.policy,
-                                  connections=self.stream_connections, throttle=self.throttle)
+        return PeerLimitedFactory(factory, self.clock, self.policy, connections=self.stream_connections,
+                                  throttle=self.throttle, budget=self.budget)
 
-    def wrap_http(self, site: Any) -> PeerLimitedFactory:
-        """The Site behind bandwidth and the idle timeout (TLS goes outside)."""
-        factory = PeerLimitedFactory(site, self.clock, self.policy, throttle=self.throttle)
+    def wrap_http(self, site: Any, connections: int = DEFAULT_PEER_CONNECTIONS) -> PeerLimitedFactory:
+        """
+        The Site behind ``connections`` per peer (``--peer-connections``; 0:
+        no limit), bandwidth and the idle timeout (TLS goes outside).
+        """
+        factory = PeerLimitedFactory(site, self.clock, self.policy,
+                                     connections=PeerConnections(connections) if connections else None,
+                                     throttle=self.throttle, budget=self.budget)
         self._http.append(factory)
         return factory

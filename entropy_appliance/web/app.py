@@ -57,6 +57,7 @@ from entropy_appliance.web.metrics import WebMetrics
 from entropy_appliance.web.params import parse_choice, parse_int
 from entropy_appliance.web.pollen import MAX_CHALLENGE
 from entropy_appliance.web.problems import BadRequest, PayloadTooLarge, ServiceUnavailable
+from entropy_appliance.web.requests import BoundedRequest
 from entropy_appliance.web.responses import (
     HotRoutes,
     apply,
@@ -135,10 +136,16 @@ class EntropySite(Site):
     :attr:`fast` (see :mod:`entropy_appliance.web.channel`), with the same
     responses as the routes; None turns that off, and every request takes
     the resource path.
+
+    Its requests are :class:`~entropy_appliance.web.requests.BoundedRequest`:
+    bodies bounded by :attr:`max_body` and kept in memory, on every channel.
     """
 
     displayTracebacks = False
     protocol = fast_channel_protocol
+    requestFactory = BoundedRequest
+    #: The largest request body read (``--max-body``; see :func:`~entropy_appliance.web.limits.limit_site`).
+    max_body: int | None = None
 
     def __init__(self, resource: Any, h2: bool = True, fast: HotRoutes | None = None,
                  **kwargs: Any) -> None:

@@ -18,13 +18,16 @@ to an :class:`~entropy_appliance.web.h2.H2Channel`.
 
 This is the one module that reaches into ``HTTPChannel``'s private state
 (``_buffer``, ``_busyReceiving``, ``_dataBuffer``, ``_waitingForTransport``,
-``_receivedHeaderSize``, ``_HTTPChannel__first_line``, ``_networkProducer``,
-``_handlingRequest``, ``_savedTimeOut``) and ``http._GenericHTTPChannelProtocol``;
-``setup.py`` pins Twisted to the releases it is tested with.
+``_receivedHeaderSize``, ``_receivedHeaderCount``, ``_HTTPChannel__first_line``,
+``_networkProducer``, ``_handlingRequest``, ``_savedTimeOut``) and overrides
+``_respondToBadRequestAndDisconnect``, so that Twisted's parser errors are
+problems (431 for a head too large, else 400); ``setup.py`` pins Twisted to
+the releases it is tested with.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from twisted.internet.interfaces import IConsumer
@@ -35,9 +38,13 @@ from entropy_appliance.net.body import BodyWriter
 from entropy_appliance.web.h1 import Match
 from entropy_appliance.web.h2 import ALPNSwitch
 from entropy_appliance.web.limits import LimitedHTTPChannel
+from entropy_appliance.web.problems import BadRequest, HeaderFieldsTooLarge, Problem, URITooLong
 from entropy_appliance.web.responses import HotRoutes, Streamed
 
 __all__ = ["FastHTTPChannel", "fast_channel_protocol"]
+
+#: A ``Host`` header line; a request with none, or more than one, takes the full path (400).
+_HOST = re.compile(rb"\r\nhost:", re.IGNORECASE)
 
 
 class FastHTTPChannel(LimitedHTTPChannel):
@@ -132,7 +139,7 @@ class FastHTTPChannel(LimitedHTTPChannel):
     def _one(self, routes: HotRoutes, data: bytes, pos: int) -> tuple[bytes | BodyWriter | None, int]:
         """Answer one request at ``pos``: (response, end of request), or (None, pos)."""
         match = routes.parser.parse(data, pos)
-        if match is None or not routes.accepts(match):
+        if match is None or not routes.accepts(match) or len(_HOST.findall(data, pos, match.end)) != 1:
             return None, pos
         streams = routes.streams(match)
         if streams and not self._can_stream():
@@ -148,6 +155,24 @@ class FastHTTPChannel(LimitedHTTPChannel):
             routes.count(match)
             return head + response.body, match.end
         return self._writer(routes, match, head, response.stream), match.end
+
+    def line_too_long(self) -> Problem:
+        """A line over ``MAX_LENGTH``: 414 for the request line, 431 for a header line."""
+        if getattr(self, "_HTTPChannel__first_line", 1):
+            return URITooLong(f"the request line is over {self.MAX_LENGTH} bytes")
+        return HeaderFieldsTooLarge(f"a header line is over {self.MAX_LENGTH} bytes")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:  # noqa: N802 - HTTPChannel's name
+        """Twisted's parser refused the request: answer it with a problem, not a bare status line."""
+        problem: Problem
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            problem = HeaderFieldsTooLarge(f"the request head is over {self.totalHeadersSize} bytes")
+        elif self._receivedHeaderCount > self.maxHeaders:
+            problem = HeaderFieldsTooLarge(f"the request has more than {self.maxHeaders} header lines")
+        else:
+            problem = BadRequest("the request is malformed (RFC 9112): its request line, a header "
+                                 "line, or the framing or form encoding of its body")
+        self.refuse(problem)
 
     def _can_stream(self) -> bool:
         # The body's producer takes the channel's place on the transport, so

@@ -2,7 +2,7 @@
 Problem details (RFC 9457) for every error the web surface returns.
 
 Every problem the appliance answers is a :class:`Problem` subclass here:
-400, 404, 405 (with ``Allow``), 413, 414, 429 and 503 (both with
+400, 404, 405 (with ``Allow``), 413, 414, 431, 429 and 503 (both with
 ``Retry-After``), and 500 for a bug.  A route raises one and the handler
 installed by :func:`install` writes it as ``application/problem+json`` with
 ``type``, ``title``, ``status`` and ``detail``, plus its headers.  Werkzeug's
@@ -10,9 +10,11 @@ routing errors (unknown path, wrong method) are mapped to the same shape, so
 a client never sees HTML or a 500 for bad input.
 
 Code that answers without Klein uses the same classes: :func:`write_problem`
-on a plain ``twisted.web`` request (the per-peer rate limit), and
-:func:`raw_response` on an HTTP/1.1 channel that has no request (a request
-line too long to read).
+on a plain ``twisted.web`` request (the per-peer rate limit, a request
+refused before routing), and :func:`raw_response` on an HTTP/1.1 channel
+that answers before it has a request to answer on (a request line or head
+too long to read, a body too large to read, a request Twisted's parser
+rejects).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
 from twisted.web.server import Request
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as RoutingMethodNotAllowed
@@ -39,6 +42,7 @@ __all__ = [
     "MethodNotAllowed",
     "PayloadTooLarge",
     "URITooLong",
+    "HeaderFieldsTooLarge",
     "TooManyRequests",
     "ServiceUnavailable",
     "problem_body",
@@ -97,7 +101,14 @@ class BadRequest(Problem, status=400, title="Bad Request"):
 
 
 class URITooLong(Problem, status=414, title="URI Too Long"):
-    """414: a request line or header line longer than the server reads; the connection closes."""
+    """414: a request line longer than the server reads; the connection closes."""
+
+
+class HeaderFieldsTooLarge(Problem, status=431, title="Request Header Fields Too Large"):
+    """
+    431: a header line or the whole head longer than the server reads, or
+    too many header lines; the connection closes.
+    """
 
 
 class NotFound(Problem, status=404, title="Not Found"):
@@ -113,7 +124,7 @@ class MethodNotAllowed(Problem, status=405, title="Method Not Allowed"):
 
 
 class PayloadTooLarge(Problem, status=413, title="Payload Too Large"):
-    """413: more bytes were asked for than ``--max-bytes`` allows."""
+    """413: more bytes asked for than ``--max-bytes`` allows, or a request body over ``--max-body``."""
 
 
 class _RetryLater(Problem):
@@ -162,7 +173,7 @@ def raw_response(problem: Problem) -> bytes:
     """
     body = problem_body(problem)
     head = [b"HTTP/1.1 %d %s" % (problem.status, problem.title.encode()),
-            b"Content-Type: " + PROBLEM_JSON, b"Cache-Control: no-store",
+            b"Date: " + datetimeToString(), b"Content-Type: " + PROBLEM_JSON, b"Cache-Control: no-store",
             *(name + b": " + value for name, value in problem.headers.items()),
             b"Content-Length: %d" % len(body), b"Connection: close"]
     return b"\r\n".join(head) + b"\r\n\r\n" + body
