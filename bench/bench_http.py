@@ -29,11 +29,12 @@ and for ``--workers N`` (default 2; 0: skip), it measures, over http and
   over https with ``Connection: close``;
 - ``POST /`` over TLS, one request per new connection, as pollinate's curl
   sends it: HTTP/1.1 with no ``Connection: close``, the client closes after
-  the answer (``h1-conn``), and over h2 (``h2-conn``): h2load ``-c C -n C
-  -m 1`` (``--h1`` for the first) run back to back for the whole time (each
-  run's start-up is the client's, and counts against both servers alike);
-  and the same offering ``h2,http/1.1`` as curl does (``alpn-conn``), so the
-  server's ALPN preference decides;
+  the answer (``h1-conn``), and over h2 (``h2-conn``); and the same
+  offering ``h2,http/1.1`` as curl does (``alpn-conn``), so the server's
+  ALPN preference decides.  h2load opens ``--conn-rate`` connections a
+  second (``-r``) for the whole time, one request each, and the figure is
+  the 2xx answers over the time until the last one; a server slower than
+  that rate finishes late, and its figure is its own rate;
 - h2 keep-alive, ``h2load -c 32 -m 10``, ``POST /`` and ``GET 64 B``.
   Every h2 measurement offers only ``h2`` by ALPN, so it measures HTTP/2
   whatever the server prefers;
@@ -154,19 +155,17 @@ def h2_keepalive(url: str, seconds: int, body: Path | None) -> Result:
     return Result(ok / elapsed, 0.0)
 
 
-def per_connection(url: str, seconds: int, clients: int, body: Path, alpn: str) -> Result:
+def per_connection(url: str, seconds: int, rate: int, body: Path, alpn: str) -> Result:
     """
     POSTs, one per new connection, offering ``alpn`` (``http/1.1``: HTTP/1.1
-    only): ``h2load -c C -n C -m 1`` back to back for ``seconds``.
+    only): ``rate`` connections a second for ``seconds``, by h2load.
     """
-    argv = [f"-c{clients}", f"-n{clients}", "-m1", "-t1", "-d", str(body),
-            "-H", "content-type: application/x-www-form-urlencoded"]
+    total = rate * seconds
+    argv = [f"-r{max(1, rate // 10)}", "--rate-period=0.1", f"-c{total}", f"-n{total}", "-m1", "-t1",
+            "-d", str(body), "-H", "content-type: application/x-www-form-urlencoded"]
     argv += ["--h1"] if alpn == "http/1.1" else [f"--npn-list={alpn}"]
-    ok, start = 0, time.monotonic()
-    deadline = start + seconds
-    while time.monotonic() < deadline:
-        ok += h2load(url, argv, 60)[0]
-    return Result(ok / (time.monotonic() - start), 0.0)
+    ok, elapsed = h2load(url, argv, seconds + 120)
+    return Result(ok / elapsed, 0.0)
 
 
 def supported(tree: Path, option: str) -> bool:
@@ -335,7 +334,7 @@ def inner(args: argparse.Namespace) -> None:
                 argv += ["-m", "twisted"]
             argv += ["--log-format=text", "--log-level=warn", "entropy", "--source",
                      "kernel", "--stream", "none", "--http", f"tcp:{a_http}:interface=127.0.0.1",
-                     "--https", f"ssl:{a_https}:interface=127.0.0.1:backlog=1024"]
+                     "--https", f"ssl:{a_https}:interface=127.0.0.1:backlog=4096"]
             if supported(tree, "--peer-rate"):
                 argv += ["--peer-rate", "0"]
             for option in ("--peer-bandwidth", "--peer-streams"):
@@ -385,7 +384,7 @@ def inner(args: argparse.Namespace) -> None:
                 return h2_keepalive(url, s, form if test.post else None)
             if test.client.endswith("-conn"):
                 alpn = {"h1-conn": "http/1.1", "h2-conn": "h2", "alpn-conn": "h2,http/1.1"}[test.client]
-                return per_connection(url, s, 16, form, alpn)
+                return per_connection(url, s, args.conn_rate, form, alpn)
             conns = min(c, 8) if test.unit == "MB/s" else c
             return wrk(url, s, conns, post if test.post else None)
 
@@ -418,7 +417,7 @@ def inner(args: argparse.Namespace) -> None:
 
         print(f"wrk -t1 -c{c} -d{s}s (GET 1 MiB: -c{min(c, 8)}; tls-close: -c16 Connection: close; "
               f"latency: wrk -c10 paced to {args.rate:.0f} req/s); h2load -c32 -m10 -D{s} "
-              f"(*-conn: -c16 -n16 -m1 back to back); best of {args.rounds} round(s); "
+              f"(*-conn: {args.conn_rate} new connections/s); best of {args.rounds} round(s); "
               f"host CPUs: {os.cpu_count()}; load {os.getloadavg()[0]:.2f}")
         for name, tree in trees:
             print(f"  {name:8} {tree} ({git_describe(tree)})")
@@ -490,6 +489,8 @@ def main() -> None:
                         help="profile this tree's appliance, once per measurement --only keeps")
     parser.add_argument("--profile-top", type=int, default=15, metavar="N",
                         help="functions printed per profiled measurement")
+    parser.add_argument("--conn-rate", type=int, default=2000, metavar="N",
+                        help="new connections a second offered in the one-request-per-connection tests")
     parser.add_argument("--rate", type=float, default=1000.0,
                         help="the fixed request rate of the latency measurements, req/s")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)

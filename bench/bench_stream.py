@@ -5,7 +5,11 @@ Raw TCP stream throughput against two baselines measured in the same run.
   for SECONDS by a plain socket reader (recv_into a 1 MiB buffer);
 - ``dd if=/dev/urandom of=/dev/null bs=1M`` for the same time;
 - the loopback ceiling: a separate process resending one prebuilt 1 MiB
-  buffer with sendall, read by the same reader.
+  buffer with sendall, read by the same reader;
+- AES-256-CTR keystream in this process (``cryptography``), 256 KiB per
+  call into a new bytes object, as the DRBG makes each chunk;
+- the one-core bound of a stream that makes its bytes and sends them on the
+  same core, ``1 / (1/AES + 1/send)``, and the stream's share of it.
 
 Prints MB/s (10^6 bytes per second) and both ratios.  Not a test: nothing is
 asserted.  Usage: python bench/bench_stream.py [--seconds 5] [--connections K]
@@ -111,6 +115,20 @@ def loopback_ceiling(seconds: float) -> float:
     finally:
         proc.kill()
         proc.wait()
+
+
+def aes_ctr_rate(seconds: float, chunk: int = 256 * 1024) -> float:
+    """MB/s of AES-256-CTR keystream, ``chunk`` bytes per call into a new bytes object."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    enc = Cipher(algorithms.AES(os.urandom(32)), modes.CTR(bytes(16))).encryptor()
+    zeros = bytes(chunk)
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        enc.update(zeros)
+        done += chunk
+    return done / (time.perf_counter() - start) / 1e6
 
 
 def wait_port_once(port: int) -> None:
@@ -243,6 +261,8 @@ def main() -> None:
                                             ns.pipe_size, max(1, ns.rounds))
     urandom = dd_urandom(ns.seconds)
     ceiling = loopback_ceiling(ns.seconds)
+    aes = aes_ctr_rate(min(ns.seconds, 2.0))
+    bound = 1 / (1 / aes + 1 / ceiling)
     print(f"readers                     {k:9d}")
     print(f"raw stream, 1 process       {rate(reading)}")
     if multi is not None:
@@ -258,6 +278,9 @@ def main() -> None:
             print(f"  {ns.source} / kernel          n/a   (a stream was closed; target >= 0.90)")
     print(f"dd if=/dev/urandom bs=1M    {urandom:9.1f} MB/s")
     print(f"loopback sendall ceiling    {ceiling:9.1f} MB/s   (one connection)")
+    print(f"AES-256-CTR keystream       {aes:9.1f} MB/s   (256 KiB per call)")
+    print(f"one-core bound              {bound:9.1f} MB/s   (1 / (1/AES + 1/send))")
+    print(f"stream / one-core bound     {stream / bound:9.2f}x   (target >= 0.70)")
     print(f"stream / urandom            {stream / urandom:9.2f}x")
     print(f"stream / loopback ceiling   {stream / ceiling:9.2f}x")
 

@@ -7,6 +7,7 @@ import ipaddress
 import os
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509
@@ -110,3 +111,63 @@ def test_tap_none_disables_web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     o.parseOptions(["--source", "kernel", "--stream", "none", "--http", "none", "--https", "none"])
     assert o.config.http == () and o.config.https == ()
     assert not (tmp_path / "certs").exists()
+
+
+def _handshake(options: object, alpn: list[bytes]) -> tuple[bytes, object]:
+    """A TLS handshake in memory with ``options``: (ALPN protocol, the server's public key)."""
+    server = SSL.Connection(options.getContext(), None)  # type: ignore[attr-defined]
+    # Twisted's ALPN callback asks the TLS protocol for its factory's own list;
+    # a plain wrapped factory has none, so the context's list decides.
+    server.set_app_data(SimpleNamespace(factory=SimpleNamespace(wrappedFactory=object())))
+    server.set_accept_state()
+    client_ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    client_ctx.set_alpn_protos(alpn)
+    client = SSL.Connection(client_ctx, None)
+    client.set_connect_state()
+    for _ in range(10):
+        for conn in (client, server):
+            try:
+                conn.do_handshake()
+            except SSL.WantReadError:
+                pass
+        for a, b in ((client, server), (server, client)):
+            try:
+                b.bio_write(a.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    cert = client.get_peer_certificate()
+    assert cert is not None
+    return client.get_alpn_proto_negotiated(), cert.to_cryptography().public_key()
+
+
+def test_generated_pair_is_ecdsa_p256_and_handshakes(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key, cert = str(tmp_path / "k.pem"), str(tmp_path / "c.pem")
+    m = tls.generate_self_signed(key, cert, hostname="localhost")
+    public = tls.load_material(key, cert).certificate.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey) and public.curve.name == "secp256r1"
+    protocol, served = _handshake(tls.context_factory(m), [b"h2", b"http/1.1"])
+    assert protocol == b"h2" and served == public
+
+
+def test_user_supplied_rsa_pair_still_serves(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(private.public_key()).serial_number(1)
+                   .not_valid_before(now - datetime.timedelta(minutes=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .sign(private, hashes.SHA256()))
+    key, cert = tmp_path / "rsa.key", tmp_path / "rsa.pem"
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    m = tls.load_material(str(key), str(cert))
+    protocol, served = _handshake(tls.context_factory(m), [b"http/1.1"])
+    assert protocol == b"http/1.1" and isinstance(served, rsa.RSAPublicKey)

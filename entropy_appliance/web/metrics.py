@@ -154,10 +154,18 @@ class WebMetrics:
         self.requests = Counter(
             "entropy_http_requests", "HTTP requests answered, by route, method and status.",
             ["route", "method", "status"], registry=self.registry)
+        # ``labels()`` validates and looks its child up on every call, which
+        # costs more than the increment at the hot routes' rate; the few
+        # children are kept here instead.
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     def observe(self, route: str, method: str, status: int) -> None:
         """Count one finished request."""
-        self.requests.labels(route, method, str(status)).inc()
+        key = (route, method, status)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(route, method, str(status))
+        child.inc()
 
     def render(self) -> bytes:
         """The text exposition of every metric."""
