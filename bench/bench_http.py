@@ -47,6 +47,8 @@ file, over http, https keep-alive and h2, with the same clients; each line
 prints this/nginx beside it.  Only 2xx answers are counted.
 
 ``--only TEXT`` keeps the measurements whose label holds TEXT (``"1 MiB"``).
+``--glibc-tunables TEXT`` runs this tree's appliances with ``GLIBC_TUNABLES``
+(see the README, "Performance", for the malloc thresholds).
 The appliances are measured in turn, test by test (pollen, the baseline,
 this tree; ``--rounds`` times, keeping each one's best), so that a drift of
 the machine falls on all of them alike.  Each line prints the figures and
@@ -342,7 +344,10 @@ def inner(args: argparse.Namespace) -> None:
                     argv += [option, "0"]
             if workers:
                 argv += ["--workers", str(workers)]
-            process = subprocess.Popen(argv, cwd=home, env=dict(os.environ, PYTHONPATH=str(tree)),
+            env = dict(os.environ, PYTHONPATH=str(tree))
+            if args.glibc_tunables and name == "this":
+                env["GLIBC_TUNABLES"] = args.glibc_tunables
+            process = subprocess.Popen(argv, cwd=home, env=env,
                                        stdout=open(home / "app.log", "ab"), stderr=subprocess.STDOUT)
             procs.append(process)
             return App(name, tree, process, a_http, a_https)
@@ -489,6 +494,9 @@ def main() -> None:
                         help="profile this tree's appliance, once per measurement --only keeps")
     parser.add_argument("--profile-top", type=int, default=15, metavar="N",
                         help="functions printed per profiled measurement")
+    parser.add_argument("--glibc-tunables", metavar="TEXT", default=None,
+                        help="GLIBC_TUNABLES for this tree's appliances only, e.g. "
+                             "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=33554432")
     parser.add_argument("--conn-rate", type=int, default=2000, metavar="N",
                         help="new connections a second offered in the one-request-per-connection tests")
     parser.add_argument("--rate", type=float, default=1000.0,
