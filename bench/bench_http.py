@@ -339,7 +339,7 @@ def inner(args: argparse.Namespace) -> None:
                      "--https", f"ssl:{a_https}:interface=127.0.0.1:backlog=4096"]
             if supported(tree, "--peer-rate"):
                 argv += ["--peer-rate", "0"]
-            for option in ("--peer-bandwidth", "--peer-streams"):
+            for option in ("--peer-bandwidth", "--peer-streams", "--peer-connections"):
                 if supported(tree, option):
                     argv += [option, "0"]
             if workers:
