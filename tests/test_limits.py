@@ -10,7 +10,9 @@ and the listen backlog.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import resource
 from typing import Any
@@ -21,7 +23,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocolNegotiationFactory, IPullProducer, IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import Logger, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
@@ -34,11 +36,13 @@ from entropy_appliance.core.peers import (
     peer_key,
 )
 from entropy_appliance.net.limits import (
+    AcceptGuard,
     ConnectionBudget,
     PeerGuard,
     PeerLimitedFactory,
     _ProducerGate,
     fd_budget,
+    guard_accepts,
     with_backlog,
 )
 from entropy_appliance.net.stream import StreamFactory
@@ -741,3 +745,93 @@ def test_the_http_limit_options() -> None:
                           (["--peer-connections", "x"], "--peer-connections 'x': must be an integer")]:
         with pytest.raises(UsageError, match=re.escape(message)):
             parse_config(argv)
+
+
+# -- accept failures -------------------------------------------------------------
+
+
+class FailingListener:
+    """A listening socket whose ``accept`` fails as a system out of descriptors does."""
+
+    def __init__(self, errno_: int) -> None:
+        self.errno = errno_
+        self.accepts = 0
+
+    def accept(self) -> Any:
+        self.accepts += 1
+        raise OSError(self.errno, os.strerror(self.errno))
+
+    def fileno(self) -> int:
+        return 99
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 8080)
+
+
+def test_a_port_whose_accept_fails_pauses_instead_of_spinning_and_logs_once() -> None:
+    """
+    Twisted's own tcp.Port, run as the reactor would while its socket stays
+    readable: without the guard, each turn fails and logs again at once.
+    """
+    from twisted.internet import tcp
+    from twisted.internet.testing import MemoryReactor
+
+    reactor, clock = MemoryReactor(), Clock()
+    port = tcp.Port(0, StreamFactory(seeded_pool()), reactor=reactor)
+    assert isinstance(port._logger, Logger)  # the pinned Twisted's accept loop logs there
+    listener = FailingListener(errno.ENFILE)
+    port.socket, port.connected, port.numberAccepts = listener, True, 1  # type: ignore[assignment]
+    guard_accepts(port, clock)
+    port.startReading()
+
+    def turns(n: int) -> None:
+        for _ in range(n):
+            if port in reactor.readers:
+                port.doRead()
+
+    with capturedLogs() as events:
+        turns(100)
+        assert listener.accepts == 1 and port not in reactor.readers  # paused, not spinning
+        clock.advance(1.0)
+        assert port in reactor.readers
+        turns(100)  # still failing: paused again, nothing more logged
+        assert listener.accepts == 2 and port not in reactor.readers
+        listener.errno = errno.EAGAIN  # descriptors again: nothing waits
+        clock.advance(1.0)
+        turns(100)
+        assert port in reactor.readers
+        clock.advance(1.0)
+    lines = [formatEvent(e) for e in events]
+    assert len(lines) == 2, lines
+    assert "could not accept a connection" in lines[0] and "ENFILE" in lines[0]
+    assert "accepting connections on" in lines[1] and "2 accepts failed" in lines[1]
+
+
+def test_emfile_recovery_is_counted_not_logged_line_by_line() -> None:
+    clock = Clock()
+    stopped: list[str] = []
+
+    class Port:
+        connected = True
+
+        def stopReading(self) -> None:  # noqa: N802
+            stopped.append("stop")
+
+        def startReading(self) -> None:  # noqa: N802
+            stopped.append("start")
+
+        def getHost(self) -> IPv4Address:  # noqa: N802
+            return IPv4Address("TCP", "127.0.0.1", 8080)
+
+    guard = AcceptGuard(Port(), clock)
+    with capturedLogs() as events:
+        guard({"log_format": "EMFILE encountered; releasing reserved file descriptor."})
+        for i in range(500):
+            guard({"log_format": "EMFILE recovery: Closed socket from {address}", "address": i})
+        guard({"log_format": "Re-reserving EMFILE recovery file descriptor."})
+        clock.advance(1.0)  # reading again
+        clock.advance(1.0)  # and nothing failed since
+    lines = [formatEvent(e) for e in events]
+    assert len(lines) == 2 and stopped == ["stop", "start"]
+    assert "(EMFILE:" in lines[0]
+    assert "1 accepts failed, and Twisted closed 500 waiting connections" in lines[1]

@@ -36,8 +36,9 @@ from entropy_appliance.app.lifecycle import Lifecycle
 from entropy_appliance.app.options import Config, tls_pairs
 from entropy_appliance.app.pipeline import CoreService, build_core
 from entropy_appliance.app.signals import GracefulStop, ReloadService
+from entropy_appliance.app.workers import AdoptedPort, InheritedPort
 from entropy_appliance.net import tls
-from entropy_appliance.net.limits import PeerGuard, with_backlog
+from entropy_appliance.net.limits import GuardedEndpoint, PeerGuard, guard_accepts, with_backlog
 from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.source.detection import detect
 from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, DeviceSource, SourceSpec, open_source
@@ -74,7 +75,8 @@ def build_single(config: Config, reactor: Any) -> Lifecycle:
     tree.add("pipeline", core, "pipeline")
     serving = _serve(config, reactor, tree, core, publish_onion=True)
     for kind, description, endpoint in _listening_endpoints(config, reactor, serving.tls):
-        tree.add("listeners", _Listener(endpoint, serving.factory(kind), kind, description))
+        tree.add("listeners", _Listener(GuardedEndpoint(endpoint, reactor), serving.factory(kind), kind,
+                                        description))
     _notify(tree, core, reactor)
     return tree
 
@@ -118,7 +120,7 @@ def build_worker(config: Config, reactor: Any) -> Lifecycle:
     the listening sockets it inherited.  Worker 0 publishes the onion
     service, if any.
     """
-    from entropy_appliance.app.workers import AdoptedPort, ParentWatch
+    from entropy_appliance.app.workers import ParentWatch
 
     assert config.worker is not None
     tree = Lifecycle()
@@ -142,7 +144,7 @@ def build_worker(config: Config, reactor: Any) -> Lifecycle:
         if kind == "https":
             # The parent's ssl: socket is a plain TCP socket to us.
             factory = TLSMemoryBIOFactory(next(https)[1], False, factory)
-        tree.add("listeners", AdoptedPort(reactor, mine, factory))
+        tree.add("listeners", _GuardedAdoptedPort(reactor, mine, factory))
     tree.add("signals", ParentWatch(reactor, reactor.stop), "parent-watch")
     return tree
 
@@ -313,3 +315,16 @@ class _Listener(StreamServerEndpointService):
         super().__init__(endpoint, factory)
         self.kind = kind
         self.description = description
+
+
+class _GuardedAdoptedPort(AdoptedPort):
+    """A worker's listener: accepts on an inherited socket, its accept loop guarded."""
+
+    def __init__(self, reactor: Any, inherited: InheritedPort, factory: Any) -> None:
+        super().__init__(reactor, inherited, factory)
+        self._clock = reactor
+
+    def startService(self) -> None:  # noqa: N802 - Service's name
+        """Adopt the socket, and guard its accept loop (see ``guard_accepts``)."""
+        super().startService()
+        guard_accepts(self.port, self._clock)

@@ -21,7 +21,9 @@ accounting of :mod:`entropy_appliance.core.peers`, built on
 - :class:`PeerGuard` holds the limits of one process, shared by every
   listener;
 - :func:`with_backlog` gives a listening endpoint description the listen
-  backlog of :data:`DEFAULT_BACKLOG` unless it names one.
+  backlog of :data:`DEFAULT_BACKLOG` unless it names one;
+- :class:`AcceptGuard` (:func:`guard_accepts`, :class:`GuardedEndpoint`)
+  pauses a listening port whose ``accept`` fails, logged once.
 
 The HTTP-level limits (429 past ``--peer-rate``, the request deadlines) are
 :mod:`entropy_appliance.web.limits`.
@@ -33,7 +35,12 @@ hence :class:`_ProducerGate`.  ``0`` turns any limit off.
 Twisted's own answer to ``EMFILE`` in ``accept`` (``tcp.Port.doRead``) is to
 close a reserved descriptor, accept every waiting connection and close it
 at once, logging a line for each: waiting clients are turned away and the
-log fills.  The budget keeps the process from getting there.
+log fills; to ``ENFILE``, ``ENOBUFS`` and ``ENOMEM``, a line and another try
+at once, round after round.  The budget keeps the process's own connections
+from getting there; the accept guard meets a shortage that comes from
+elsewhere (the whole system out of descriptors, or memory).  It observes
+the port's ``_logger``, the one private attribute of ``tcp.Port`` used here
+(the pinned Twisted has it; a test checks).
 """
 
 from __future__ import annotations
@@ -51,9 +58,10 @@ from twisted.internet.interfaces import (
     IPullProducer,
     IPushProducer,
     IReactorTime,
+    IStreamServerEndpoint,
 )
 from twisted.internet.protocol import connectionDone
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
@@ -75,6 +83,9 @@ __all__ = [
     "PeerGuard",
     "with_backlog",
     "fd_budget",
+    "AcceptGuard",
+    "guard_accepts",
+    "GuardedEndpoint",
     "DEFAULT_PEER_CONNECTIONS",
     "DEFAULT_BACKLOG",
 ]
@@ -421,6 +432,103 @@ def with_backlog(description: str, backlog: int = DEFAULT_BACKLOG) -> str:
     if parts[0] not in _BACKLOG_TYPES or any(p.startswith("backlog=") for p in parts[1:]):
         return description
     return f"{description}:backlog={backlog}"
+
+
+#: What Twisted's accept loop (``twisted.internet.tcp._accept``) logs on the
+#: port's ``_logger``: a failed ``accept``, and each waiting connection its
+#: EMFILE recovery closes.
+_ACCEPT_FAILED = "Could not accept new connection ({acceptError})"
+_EMFILE_FOUND = "EMFILE encountered; releasing reserved file descriptor."
+_EMFILE_CLOSED = "EMFILE recovery: Closed socket from {address}"
+
+
+@implementer(ILogObserver)
+class AcceptGuard:
+    """
+    The observer of one listening port's accept loop.
+
+    Twisted's ``tcp.Port`` logs a failed ``accept`` (``EMFILE``, ``ENFILE``,
+    ``ENOBUFS``, ``ENOMEM``) on its ``_logger`` and returns; the listening
+    socket stays readable, so the reactor calls it again at once: a busy
+    loop that logs a line a turn.  On ``EMFILE`` it first closes every
+    waiting connection, logging each.  Here the first failure stops the
+    port reading for ``pause`` seconds, the connections that wait stay in
+    the backlog, and the shortage is logged once as it begins and once as
+    it ends (a ``pause`` after the port reads again with no failure), with
+    the count of failures and of connections closed.
+    """
+
+    def __init__(self, port: Any, clock: IReactorTime, pause: float = 1.0) -> None:
+        self.port = port
+        #: The port's address, for the log (taken now: nothing may fail in the accept loop).
+        self.where = str(port.getHost())
+        self.pause = pause
+        self.failures = 0
+        self.closed = 0
+        self._clock = clock
+        self._short = False
+        self._resume_call: IDelayedCall | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        """One event of the accept loop: count it; on a failure, pause the port."""
+        text = event.get("log_format")
+        if text == _EMFILE_CLOSED:
+            self.closed += 1
+            return
+        if text == _ACCEPT_FAILED:
+            error = str(event.get("acceptError"))
+        elif text == _EMFILE_FOUND:
+            error = "EMFILE"
+        else:
+            return
+        self.failures += 1
+        if not self._short:
+            self._short = True
+            _log.warn("could not accept a connection on {where} ({error}: out of file descriptors or "
+                      "buffers); accepting pauses for {s} s at a time until it works again",
+                      where=self.where, error=error, s=self.pause)
+        if self._resume_call is None:
+            self.port.stopReading()
+            self._resume_call = self._clock.callLater(self.pause, self._resume)
+
+    def _resume(self) -> None:
+        self._resume_call = None
+        if not getattr(self.port, "connected", False):
+            return  # the port was closed meanwhile
+        self.port.startReading()
+        self._clock.callLater(self.pause, self._check, self.failures)
+
+    def _check(self, failures: int) -> None:
+        if self._short and self.failures == failures and self._resume_call is None:
+            self._short = False
+            _log.info("accepting connections on {where} again; {n} accepts failed, and Twisted closed "
+                      "{c} waiting connections", where=self.where, n=self.failures, c=self.closed)
+            self.failures = self.closed = 0
+
+
+def guard_accepts(port: Any, clock: IReactorTime) -> Any:
+    """
+    Put an :class:`AcceptGuard` on ``port``'s accept loop (a ``tcp.Port``,
+    or a ``unix.Port``, which has the same loop); return ``port``.  A port
+    without that loop is returned as it is.
+    """
+    logger = getattr(port, "_logger", None)
+    if isinstance(logger, Logger):
+        port._logger = Logger(namespace=logger.namespace, observer=AcceptGuard(port, clock))
+    return port
+
+
+@implementer(IStreamServerEndpoint)
+class GuardedEndpoint:
+    """An endpoint whose listening port gets :func:`guard_accepts`."""
+
+    def __init__(self, endpoint: IStreamServerEndpoint, clock: IReactorTime) -> None:
+        self._endpoint = endpoint
+        self._clock = clock
+
+    def listen(self, protocolFactory: Any) -> Deferred[Any]:  # noqa: N803 - the interface's name
+        """Listen, and guard the port's accept loop."""
+        return self._endpoint.listen(protocolFactory).addCallback(guard_accepts, self._clock)
 
 
 class PeerLimitedFactory(WrappingFactory["PeerProtocol"]):
