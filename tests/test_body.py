@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import gc
+import socket
+import sys
+import weakref
 from typing import Any
 
+import pytest
 from twisted.internet.interfaces import IPullProducer, IPushProducer
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
-from entropy_appliance.net.body import CHUNK_SIZE, BodyWriter, first_chunk
+from entropy_appliance.net.body import CHUNK_SIZE, MIN_PIECE, BodyWriter, first_chunk, send_queue
 from entropy_appliance.net.limits import InFlight
 from entropy_appliance.web.formats import FORMATS
 from tests.test_pool import seed_fully, slow_pipeline
@@ -155,3 +160,155 @@ def test_a_failure_cuts_an_idle_writer_at_once() -> None:
     pool.source_failed("unplugged")
     assert transport.events == ["ended", "unregister", "cut"]
     assert len(transport.value()) == 4096
+
+
+# -- a body made already ----------------------------------------------------------
+
+
+def test_parts_are_written_about_a_chunk_at_a_time_and_let_go() -> None:
+    transport = Recorder()
+    parts = [bytes([i]) * 1000 for i in range(10)]
+    w = writer(transport, 10_000, parts=parts, streaming=True)
+    original = transport.write
+    writes: list[int] = []
+
+    def write_then_pause(data: bytes) -> None:
+        writes.append(len(data))
+        original(data)
+        w.pauseProducing()
+
+    transport.write = write_then_pause  # type: ignore[method-assign]
+    w.start()
+    # At most a chunk (4096 here) per write, in whole parts, in order.
+    assert writes == [4000]
+    w.resumeProducing()
+    w.resumeProducing()
+    assert writes == [4000, 4000, 2000]
+    assert transport.value() == b"".join(parts)
+    assert transport.events == ["unregister", "complete", "ended"]
+
+
+def test_parts_are_cut_when_the_source_fails() -> None:
+    pool = seeded_pool()
+    transport = Recorder()
+    w = writer(transport, 100_000, pool=pool, parts=[b"x" * 1000] * 100)
+    w.start()
+    w.resumeProducing()
+    pool.source_failed("unplugged")
+    assert transport.events == ["ended", "unregister", "cut"]
+    assert len(transport.value()) == 4000
+
+
+def test_parts_that_fall_short_of_the_length_are_an_error() -> None:
+    w = writer(Recorder(), 5000, parts=[b"x" * 1000])
+    w.start()
+    w.resumeProducing()
+    with pytest.raises(ValueError):
+        w.resumeProducing()
+
+
+# -- pieces the socket takes ------------------------------------------------------
+
+
+def pieces(queue: list[int | None], chunk: int = CHUNK_SIZE) -> list[int]:
+    """
+    The sizes a pull writer writes while its send queue (of 4 MiB) holds
+    ``queue`` bytes, one reading per ask.
+    """
+    transport = Recorder()
+    readings = iter(None if q is None else (q, 4 << 20) for q in queue)
+    w = writer(transport, None, chunk_size=chunk, queued=lambda: next(readings))
+    sizes: list[int] = []
+    original = transport.write
+    transport.write = lambda data: (sizes.append(len(data)), original(data))  # type: ignore[method-assign]
+    w.start()
+    for _ in queue:
+        w.resumeProducing()
+    return sizes
+
+
+def test_the_piece_doubles_while_the_reader_keeps_up() -> None:
+    sizes = pieces([0] * 7)
+    assert sizes == [32768, 65536, 131072, 262144, 262144, 262144, 262144]
+
+
+def test_the_piece_halves_while_the_send_queue_grows() -> None:
+    full = 4 * CHUNK_SIZE
+    sizes = pieces([0, 0, 0, 0, full, full, full, full, full, 0])
+    assert sizes == [32768, 65536, 131072, 262144, 131072, 65536, 32768, MIN_PIECE, MIN_PIECE,
+                     32768]
+
+
+def test_a_small_send_buffer_counts_as_full_sooner() -> None:
+    transport = Recorder()
+    # A unix socket's buffer: 208 KiB, of which 100 KiB are queued.
+    w = writer(transport, None, chunk_size=CHUNK_SIZE, queued=lambda: (100 << 10, 208 << 10))
+    w.start()
+    w.resumeProducing()
+    w.resumeProducing()
+    assert w.piece == MIN_PIECE
+
+
+def test_an_unreadable_send_queue_means_whole_chunks() -> None:
+    assert pieces([0, None, 0, 0]) == [32768, CHUNK_SIZE, CHUNK_SIZE, CHUNK_SIZE]
+
+
+def test_pieces_keep_an_encodings_granule() -> None:
+    transport = Recorder()
+    w = writer(transport, 10**6, encoding=FORMATS["base64"], chunk_size=CHUNK_SIZE,
+               queued=lambda: (0, 4 << 20))
+    assert w.piece % 3 == 0
+    w.start()
+    w.resumeProducing()
+    assert w.piece % 3 == 0
+
+
+def test_a_push_writer_or_a_plain_transport_writes_chunks() -> None:
+    assert send_queue(StringTransport()) is None
+    w = writer(Recorder(), None, streaming=True, chunk_size=CHUNK_SIZE)
+    assert w.piece == CHUNK_SIZE
+
+
+def test_the_send_queue_of_a_real_socket_is_read() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        transport = StringTransport()
+        transport.getHandle = lambda: a  # type: ignore[attr-defined]
+        queued = send_queue(transport)
+        if not sys.platform.startswith("linux"):
+            # SO_MEMINFO is Linux's: elsewhere every piece is a chunk.
+            assert queued is None
+            return
+        assert queued is not None
+        held, size = queued() or (-1, 0)
+        assert held == 0 and size > 0
+        a.setblocking(False)
+        sent = 0
+        try:
+            while sent < 10 * 1024 * 1024:
+                sent += a.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        # The peer reads nothing: the kernel holds what was sent.
+        held, size = queued() or (0, 0)
+        assert held > 0
+
+
+# -- the end lets go ---------------------------------------------------------------
+
+
+def test_an_ended_writer_is_freed_without_a_garbage_collection() -> None:
+    pool = seeded_pool()
+    transport = Recorder()
+    w = writer(transport, None, pool=pool)
+    w.start()
+    w.resumeProducing()
+    ref = weakref.ref(w)
+    gc.disable()
+    try:
+        w.stopProducing()
+        del w
+        transport.producer = None
+        assert ref() is None
+    finally:
+        gc.enable()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import socket
+import sys
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPullProducer
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface.verify import verifyObject
 
 from entropy_appliance.core.pool import SeedPool
 from entropy_appliance.core.states import PoolState, SourceState
-from entropy_appliance.net.body import BodyWriter
+from entropy_appliance.net.body import CHUNK_SIZE, MIN_PIECE, BodyWriter
+from entropy_appliance.net.memory import HeapTrim, malloc_trim
 from entropy_appliance.net.stream import MAX_CLIENT_INPUT, StreamFactory, StreamProtocol
 from tests.test_pool import FakeSource, pipeline, seed_fully, slow_pipeline, stuck
 
@@ -136,3 +141,85 @@ def test_client_input_is_discarded_and_bounded() -> None:
     assert not transport.disconnecting
     proto.dataReceived(b"x" * MAX_CLIENT_INPUT)
     assert transport.disconnecting
+
+
+# -- what a stream holds, and gives back ----------------------------------------
+
+
+class SocketTransport(StringTransport):
+    """A transport whose kernel send queue is that of a real socket, which nobody reads."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self._sock = sock
+
+    def getHandle(self) -> socket.socket:  # noqa: N802 - the transport's name
+        return self._sock
+
+
+def test_a_stream_starts_small_and_grows_while_its_socket_takes_it() -> None:
+    pool, _, _ = pipeline(FakeSource())
+    a, b = socket.socketpair()
+    with a, b:
+        proto = StreamFactory(pool).buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = SocketTransport(a)
+        proto.makeConnection(transport)
+        sizes = []
+        for _ in range(5):
+            before = len(transport.value())
+            ask(proto)
+            sizes.append(len(transport.value()) - before)
+        if sys.platform.startswith("linux"):
+            assert sizes == [2 * MIN_PIECE, 4 * MIN_PIECE, 8 * MIN_PIECE, CHUNK_SIZE, CHUNK_SIZE]
+        else:
+            assert sizes == [CHUNK_SIZE] * 5
+
+
+def test_a_stream_whose_reader_stops_writes_small_pieces() -> None:
+    pool, _, _ = pipeline(FakeSource())
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        try:
+            while True:
+                a.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        proto = StreamFactory(pool).buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555))
+        transport = SocketTransport(a)
+        proto.makeConnection(transport)
+        for _ in range(8):
+            before = len(transport.value())
+            ask(proto)
+        last = len(transport.value()) - before
+        assert last == (MIN_PIECE if sys.platform.startswith("linux") else CHUNK_SIZE)
+
+
+def test_the_factory_trims_the_heap_after_a_burst_of_ended_streams() -> None:
+    pool, _, _ = pipeline(FakeSource())
+    clock = Clock()
+    trims: list[int] = []
+    trim = HeapTrim(clock, threshold=10 * 4096, delay=1.0, trim=lambda: bool(trims.append(1)))
+    factory = StreamFactory(pool, 4096, trim=trim)
+    streams = []
+    for port in range(20):
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+        proto.makeConnection(StringTransport())
+        streams.append(proto)
+    for proto in streams[:9]:
+        proto.connectionLost()
+    clock.advance(5)
+    assert trims == []
+    for proto in streams[9:]:
+        proto.connectionLost()
+    clock.advance(0.5)
+    assert trims == []
+    # One trim for the whole burst, a second after it passed the threshold.
+    clock.advance(0.5)
+    assert trims == [1] and trim.trims == 1
+    clock.advance(10)
+    assert trims == [1]
+
+
+def test_malloc_trim_answers_whether_it_gave_memory_back() -> None:
+    assert malloc_trim() in (True, False)

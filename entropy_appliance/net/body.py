@@ -4,14 +4,26 @@ The one body writer: DRBG output to a consumer, one bounded chunk at a time.
 Every surface that sends random bytes by the chunk uses :class:`BodyWriter`:
 the raw TCP stream (an endless body, a pull producer on its transport), a
 streamed HTTP response through Klein (a push producer on the ``Request``),
-and the lean HTTP/1.1 channel's streamed response (a pull producer on the
-transport, in the channel's place).  The surfaces are thin faces: they say
-where the bytes go and how to end, and the writer does the rest.
+the lean HTTP/1.1 channel's streamed response (a pull producer on the
+transport, in the channel's place), and a picture or sound made already
+(``parts``: its pieces, written and let go one after another).  The
+surfaces are thin faces: they say where the bytes go and how to end, and the
+writer does the rest.
 
-- Chunking: :data:`CHUNK_SIZE` raw bytes per step, whatever the surface.
-- Backpressure: a pull writer writes one chunk each time the consumer asks;
+- Chunking: at most :data:`CHUNK_SIZE` raw bytes per step, whatever the
+  surface.
+- Backpressure: a pull writer writes one piece each time the consumer asks;
   a push writer writes until the consumer pauses it.  Either way the
-  process holds about one chunk per slow reader.
+  process holds about one piece per slow reader.
+- Pieces the socket takes: the consumer asks a pull writer for more only
+  once its buffer is empty, and keeps what the socket refuses of the last
+  write, the whole object, until the reader reads.  So on a socket whose
+  kernel send queue can be read (Linux), a pull writer adapts its piece to
+  the reader: it doubles the piece, up to a chunk, while the queue holds no
+  more than a chunk and a quarter of its size (the reader keeps up), and
+  halves it, down to :data:`MIN_PIECE`, while the queue grows.  A reader that stops reading
+  then pins a small piece, not a chunk, and one that drains at full speed
+  gets whole chunks.
 - Starvation: when the pool is starved (:class:`Starved`) nothing is
   written and nobody is hung up on; the writer waits for the pool and
   writes on once it has reseeded.
@@ -26,12 +38,18 @@ It ends exactly once, in one of three ways: complete (unregister, then the
 face's ``complete``, then stop), cut (unregister, then the face's ``cut``),
 or stopped by the consumer (``stopProducing``).  ``stopProducing`` is
 idempotent, and calls that arrive after the end, or while a chunk is being
-written, do nothing.
+written, do nothing.  At the end the writer lets go of the pool's failure
+watch, so that nothing keeps it, and through it the consumer and the bytes
+the consumer still buffers, alive until the next garbage collection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import socket
+import struct
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.interfaces import IPullProducer, IPushProducer
@@ -40,7 +58,8 @@ from zope.interface import implementer
 
 from entropy_appliance.core.pool import FailClosed, SeedPool, Starved
 
-__all__ = ["BodyWriter", "CHUNK_SIZE", "Encoding", "InFlightCount", "first_chunk"]
+__all__ = ["BodyWriter", "CHUNK_SIZE", "MIN_PIECE", "Encoding", "InFlightCount", "SendQueue",
+           "first_chunk", "send_queue"]
 
 #: Raw bytes generated and written per step, on every surface.  Each step
 #: costs a reactor turn, a send and a producer round trip, so larger chunks
@@ -51,6 +70,53 @@ __all__ = ["BodyWriter", "CHUNK_SIZE", "Encoding", "InFlightCount", "first_chunk
 #: 0.80-1.30, 512 KiB 0.75-0.78, 1 MiB 0.82-0.85.  256 KiB is the fastest,
 #: and what a slow reader pins stays small.
 CHUNK_SIZE = 256 * 1024
+
+#: The smallest piece a pull writer hands a socket whose reader falls behind:
+#: what a reader that stops reading pins, at most (1,000 such readers: 16 MB).
+MIN_PIECE = 16 * 1024
+
+# getsockopt(SOL_SOCKET, SO_MEMINFO) (Linux 4.6 and later; Python has no name
+# for it): the socket's memory counters as 32-bit words, of which the send
+# buffer's allocated bytes, size and queued bytes are words 2, 3 and 5 (TCP
+# counts its queue in the last, a unix socket in the first).
+_SO_MEMINFO = 55
+_MEMINFO_SIZE = 9 * 4
+_WMEM_ALLOC = 2
+_SNDBUF = 3
+_WMEM_QUEUED = 5
+
+#: The bytes a socket's kernel send queue holds, and the size of its send buffer.
+SendQueue = tuple[int, int]
+
+
+def send_queue(consumer: object) -> Callable[[], SendQueue | None] | None:
+    """
+    A function that reads the kernel send queue of ``consumer``'s socket,
+    as (bytes held, buffer size), or None once it cannot; or None when that
+    cannot be known: not Linux, no socket (``getHandle``), or no counters.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    get_handle = getattr(consumer, "getHandle", None)
+    try:
+        handle = get_handle() if get_handle is not None else None
+    except Exception:
+        return None
+    getsockopt = getattr(handle, "getsockopt", None)
+    if getsockopt is None:
+        return None
+
+    def queued() -> SendQueue | None:
+        try:
+            raw = getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO_SIZE)
+        except (OSError, TypeError):
+            return None
+        if len(raw) < (_WMEM_QUEUED + 1) * 4:
+            return None
+        words = struct.unpack_from(f"{_WMEM_QUEUED + 1}I", raw)
+        return max(words[_WMEM_QUEUED], words[_WMEM_ALLOC]), words[_SNDBUF]
+
+    return queued if queued() is not None else None
 
 
 class Encoding(Protocol):
@@ -120,10 +186,15 @@ class BodyWriter:
     ``streaming`` picks push (True) or pull (False).  ``first`` is raw
     output generated already (so that the caller could still answer an
     error before any header), and ``head`` bytes go out just ahead of the
-    first chunk.  ``cut`` cuts the connection short; ``complete`` is called
+    first chunk.  ``parts`` is a body made already (``length`` bytes in
+    all), written instead of DRBG output, at most a chunk per step, each
+    piece let go once written; the pool is still watched, so a failure
+    cuts it.  ``cut`` cuts the connection short; ``complete`` is called
     once the last byte is written and the writer unregistered; ``ended``
     once however the body ends.  ``chunk_size`` is :data:`CHUNK_SIZE` but
-    in tests.
+    in tests.  ``queued`` reads the consumer's kernel send queue
+    (:func:`send_queue` of a pull writer's consumer by default), which sizes
+    a pull writer's pieces; without it every piece is a chunk.
     """
 
     log = Logger()
@@ -134,7 +205,9 @@ class BodyWriter:
                  ended: Callable[[], object] = _nothing,
                  surface: str = "http", encoding: Encoding = RAW,
                  first: bytes = b"", head: bytes = b"",
-                 inflight: InFlightCount | None = None, chunk_size: int = CHUNK_SIZE) -> None:
+                 inflight: InFlightCount | None = None, chunk_size: int = CHUNK_SIZE,
+                 parts: Iterable[bytes] | None = None,
+                 queued: Callable[[], SendQueue | None] | None = None) -> None:
         self._pool = pool
         self._consumer = consumer
         self._left = length
@@ -145,6 +218,14 @@ class BodyWriter:
         self._surface = surface
         self._encoding = encoding
         self._chunk = encoding.chunk_size(chunk_size)
+        self._parts = deque(parts) if parts is not None else None
+        self._queued = queued
+        if queued is None and not streaming and parts is None:
+            self._queued = send_queue(consumer)
+        #: The raw size of the next piece: it adapts while a send queue is known.
+        self.piece = self._chunk
+        if self._queued is not None:
+            self.piece = encoding.chunk_size(min(self._chunk, MIN_PIECE))
         self._first = first
         self._head = head
         self._prefix = encoding.prefix(length or 0)
@@ -217,9 +298,13 @@ class BodyWriter:
         if self.ended:
             return
         self.ended = True
-        self._unwatch()
+        # The watch holds a callback that holds this writer: a cycle, which
+        # would keep the consumer's buffers alive until a garbage collection.
+        unwatch, self._unwatch = self._unwatch, _nothing
+        unwatch()
         self._stop_waiting()
         self._first = self._head = b""
+        self._parts = None if self._parts is None else deque()
         if self._inflight is not None:
             self._inflight.leave()
         self._ended_hook()
@@ -244,8 +329,12 @@ class BodyWriter:
         raw = self._first
         if raw:
             self._first = b""
+        elif self._parts is not None:
+            raw = self._take_parts()
         else:
-            size = self._chunk if self._left is None else min(self._left, self._chunk)
+            size = self._next_piece()
+            if self._left is not None:
+                size = min(self._left, size)
             try:
                 raw = self._pool.random_bytes(size, surface=self._surface)
             except Starved:
@@ -268,6 +357,35 @@ class BodyWriter:
         if last and not self.ended:
             self._finish()
         return True
+
+    def _next_piece(self) -> int:
+        """The raw size of the next piece: see "Pieces the socket takes" above."""
+        queued = self._queued
+        if queued is None:
+            return self.piece
+        reading = queued()
+        if reading is None:
+            self._queued = None
+            self.piece = self._chunk
+        elif reading[0] <= min(self._chunk, reading[1] // 4):
+            self.piece = self._encoding.chunk_size(min(self._chunk, 2 * self.piece))
+        else:
+            self.piece = self._encoding.chunk_size(max(MIN_PIECE, self.piece // 2))
+        return self.piece
+
+    def _take_parts(self) -> bytes:
+        """The next pieces of a body made already, about a chunk of them, joined."""
+        parts = self._parts
+        assert parts is not None
+        taken: list[bytes] = []
+        size = 0
+        while parts and (not taken or size + len(parts[0]) <= self._chunk):
+            piece = parts.popleft()
+            taken.append(piece)
+            size += len(piece)
+        if not size or (self._left is not None and size > self._left):
+            raise ValueError(f"the parts do not hold the {self._left} bytes left")
+        return taken[0] if len(taken) == 1 else b"".join(taken)
 
     def _write(self, data: bytes) -> None:
         self.started = True
