@@ -631,6 +631,14 @@ def test_requests_no_route_could_read_get_400_problem_json(request_bytes: bytes,
     assert not t.disconnecting  # a whole request, answered: the connection goes on
 
 
+def test_a_method_on_star_other_than_options_gets_405_problem_json() -> None:
+    raw, _ = exchange_raw(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n")
+    status, headers, problem = problem_of(raw)
+    assert status == 405 and headers["allow"] == "OPTIONS" and "use OPTIONS *" in problem["detail"]
+    raw, _ = exchange_raw(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parse(raw)[0] == 200
+
+
 def test_hosts_that_are_fine() -> None:
     for host in (b"a", b"example.org:8080", b"[::1]:8443", b"192.0.2.1", b""):
         raw, _ = exchange_raw(b"GET /health HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")

@@ -89,7 +89,7 @@ def test_every_route_is_described_and_may_answer_414_and_429() -> None:
              "/v1/sound/noise", "/health"}
     assert {path for path, _, op in operations if "503" in op["responses"]} == draws
     sized = {path for path, _, op in operations if "413" in op["responses"]}
-    assert sized == {"/v1/random", "/v1/image/random", "/v1/image/heatmap", "/v1/sound/noise"}
+    assert sized == {"/", "/v1/random", "/v1/image/random", "/v1/image/heatmap", "/v1/sound/noise"}
 
 
 class Extension:

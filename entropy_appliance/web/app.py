@@ -376,7 +376,8 @@ class EntropyWeb:
             "by 64 random bytes.",
             {"text/plain": {"type": "string", "pattern": "^[0-9a-f]{128}\\n[0-9a-f]{128}\\n$"}},
             openapi.RNG_HEADERS),
-        problems=[503],
+        problems={413: "A request body over this server's --max-body (64 KiB by default), "
+                       "answered before the body is read.", 503: None},
         responses={"400": {"description": "Missing or empty challenge: use the pollinate client.",
                            "content": {"text/plain": {"schema": {"type": "string"}}}}})
     def root(self, request: Request) -> bytes:

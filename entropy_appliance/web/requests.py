@@ -17,7 +17,8 @@ frames arrive through the same ``handleContentChunk``.
 - A request that Klein could not read is refused with a 400 problem before
   routing: an HTTP/1.1 request without ``Host`` (RFC 9112, section 3.2), an
   HTTP/1.x request with more than one, a ``Host`` that is not a host, and a
-  path whose percent-decoding is not UTF-8.
+  path whose percent-decoding is not UTF-8; and with a 405 problem, a method
+  other than ``OPTIONS`` on ``*``.
 
 A channel that can answer before it has read a request provides
 ``refuse(problem)``: the HTTP/1.1 channel of :mod:`entropy_appliance.web.limits`
@@ -39,7 +40,13 @@ from urllib.parse import unquote_to_bytes
 from twisted.web import server
 from twisted.web.http import datetimeToString
 
-from entropy_appliance.web.problems import BadRequest, PayloadTooLarge, Problem, write_problem
+from entropy_appliance.web.problems import (
+    BadRequest,
+    MethodNotAllowed,
+    PayloadTooLarge,
+    Problem,
+    write_problem,
+)
 
 __all__ = ["BoundedRequest", "DEFAULT_MAX_BODY", "max_body_of"]
 
@@ -150,8 +157,12 @@ class BoundedRequest(server.Request):
         self.write(write_problem(self, problem))
         self.finish()
 
-    def unreadable(self) -> BadRequest | None:
+    def unreadable(self) -> Problem | None:
         """Why this request cannot be routed (its ``Host`` or its path), or None."""
+        if self.path == b"*" and self.method != b"OPTIONS":
+            # Twisted answers this itself, with an empty 405.
+            return MethodNotAllowed(f"{self.method.decode('latin-1')} * is not allowed; use OPTIONS *",
+                                    ["OPTIONS"])
         hosts = self.requestHeaders.getRawHeaders(b"Host") or []
         if self.clientproto.startswith(b"HTTP/1."):
             if len(hosts) > 1:
