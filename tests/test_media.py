@@ -8,16 +8,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import os
 import wave
 from array import array
 from typing import Any
 
 import pytest
 from PIL import Image
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
+from entropy_appliance.core.costs import PeerCosts
+from entropy_appliance.core.drbg import CtrDrbg
 from entropy_appliance.core.health import HealthTests
 from entropy_appliance.core.pool import ReseedPolicy, SeedPool
+from entropy_appliance.net.memory import HeapTrim
 from entropy_appliance.web import media, openapi, rendering
 from entropy_appliance.web.media import EventStream
 from tests.web_helpers import call, failed_pool, header, make_web, seeded_pool
@@ -464,3 +470,225 @@ def test_event_stream_stops_when_cancelled_or_finished() -> None:
     assert len(parse_events(b"".join(request.written))) == 3
     d.addErrback(lambda f: None)
 
+
+
+# -- costly routes ----------------------------------------------------------------
+
+
+def test_a_child_drbg_is_a_ctr_drbg_from_its_seed_reseeded_from_the_next() -> None:
+    seeds = os.urandom(2 * media.CHILD_SEED)
+    child = media.ChildDrbg(seeds, reseed_bytes=1000, personalization=b"p")
+    out = child(600) + child(900)
+    first, second = seeds[:media.CHILD_SEED], seeds[media.CHILD_SEED:]
+    expected = CtrDrbg(first[:32], nonce=first[32:], personalization=b"p")
+    want = expected.generate(600) + expected.generate(400)
+    expected.reseed(second)
+    assert out == want + expected.generate(500)
+    # Its seeds cover 2000 bytes, and not one more.
+    child(500)
+    with pytest.raises(ValueError):
+        child(1)
+    assert media.child_seeds(2000, 1000) == 2 and media.child_seeds(1, 1000) == 1
+    with pytest.raises(ValueError):
+        media.ChildDrbg(seeds[:-1], 1000, b"p")
+
+
+class Offload:
+    """Holds each file's work until the test runs it, as a busy thread pool would."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Deferred[list[bytes]]]] = []
+
+    def __call__(self, work: Any) -> Deferred[list[bytes]]:
+        d: Deferred[list[bytes]] = Deferred()
+        self.pending.append((work, d))
+        return d
+
+    def run(self) -> None:
+        work, d = self.pending.pop(0)
+        d.callback(work())
+
+
+def costly_web(limits: media.MediaLimits, pool: SeedPool | None = None) -> tuple[Any, Any, Clock,
+                                                                                 Offload]:
+    clock = Clock()
+    web, stub = make_web(pool or seeded_pool(clock), clock=clock)
+    offload = Offload()
+    web.media = media.MediaWeb(web, limits, offload=offload)
+    return web, stub, clock, offload
+
+
+def start(stub: Any, url: str) -> list[Any]:
+    """Send a request; the list gets (response, body) once it is answered."""
+    out: list[Any] = []
+    d = stub.request("GET", "http://appliance" + url)
+    d.addCallback(lambda resp: stub.content(resp).addCallback(lambda body: (resp, body)))
+    d.addBoth(out.append)
+    stub.flush()
+    return out
+
+
+def test_a_peer_past_its_cost_budget_gets_429_with_retry_after() -> None:
+    cost = rendering.image_cost(512, 512, "rgb")
+    web, stub = make_web()
+    web.media.limit(media.MediaLimits(peer_rate=1 << 20, peer_burst=2 * cost))
+    url = "http://appliance/v1/image/random?width=512&height=512&mode=rgb"
+    # The bucket holds two of these files: a third waits for the rate.
+    for _ in range(2):
+        resp, _ = call(stub, "GET", url)
+        assert resp.code == 200
+    resp, body = call(stub, "GET", url)
+    assert resp.code == 429
+    assert header(resp, "Content-Type") == "application/problem+json"
+    assert int(header(resp, "Retry-After") or 0) == math.ceil(cost / (1 << 20))
+    assert "--peer-media-rate" in json.loads(body)["detail"]
+    # Another client has a bucket of its own.
+    assert web.media.costs.admit("192.0.2.1", cost) == 0
+
+
+def test_the_default_budget_holds_two_of_the_largest_files() -> None:
+    limits = media.MediaLimits()
+    assert limits.peer_burst == 2 * rendering.MAX_COST
+    costs = PeerCosts(limits.peer_rate, limits.peer_burst, limits.peer_in_flight, Clock())
+    assert costs.admit("a", rendering.MAX_COST) == 0 and costs.admit("a", rendering.MAX_COST) == 0
+    assert costs.admit("a", rendering.MAX_COST) == pytest.approx(
+        rendering.MAX_COST / limits.peer_rate)
+
+
+def test_small_files_cost_little() -> None:
+    _, stub = make_web()
+    for _ in range(50):
+        resp, _ = call(stub, "GET", "http://appliance/v1/image/random?width=64&height=64")
+        assert resp.code == 200
+
+
+def test_a_peer_has_a_few_files_in_flight_at_most() -> None:
+    _, stub, clock, offload = costly_web(media.MediaLimits(jobs=8, peer_in_flight=2))
+    first = start(stub, "/v1/image/random?width=8&height=8")
+    second = start(stub, "/v1/sound/noise?seconds=0.1")
+    third = start(stub, "/v1/image/heatmap?width=8&height=8")
+    assert not first and not second
+    resp, body = third[0]
+    assert resp.code == 429 and header(resp, "Retry-After") == "1"
+    assert "in flight" in json.loads(body)["detail"]
+    offload.run()
+    stub.flush()
+    assert first[0][0].code == 200
+    # One file has left: the next one is let in.
+    assert not start(stub, "/v1/image/random?width=8&height=8")
+
+
+def test_the_gate_makes_the_rest_wait_their_turn_then_503() -> None:
+    web, stub, clock, offload = costly_web(
+        media.MediaLimits(jobs=1, queue=1, queue_wait=5.0, peer_in_flight=8))
+    running = start(stub, "/v1/image/random?width=8&height=8")
+    waiting = start(stub, "/v1/image/random?width=8&height=8")
+    refused = start(stub, "/v1/image/random?width=8&height=8")
+    assert not running and not waiting and len(offload.pending) == 1
+    resp, body = refused[0]
+    assert resp.code == 503 and header(resp, "Retry-After") == "5"
+    assert "1 at once, 1 more waiting" in json.loads(body)["detail"]
+    # The place frees up: the waiting request gets it, and then its answer.
+    offload.run()
+    stub.flush()
+    assert running[0][0].code == 200 and not waiting and len(offload.pending) == 1
+    offload.run()
+    stub.flush()
+    assert waiting[0][0].code == 200
+    assert web.media.gate.running == 0
+
+
+def test_a_request_that_waits_too_long_gets_503() -> None:
+    web, stub, clock, offload = costly_web(
+        media.MediaLimits(jobs=1, queue=4, queue_wait=5.0, peer_in_flight=8))
+    start(stub, "/v1/sound/noise?seconds=0.1")
+    waiting = start(stub, "/v1/sound/noise?seconds=0.1")
+    clock.advance(4.9)
+    stub.flush()
+    assert not waiting
+    clock.advance(0.1)
+    stub.flush()
+    resp, body = waiting[0]
+    assert resp.code == 503 and "waited 5 s" in json.loads(body)["detail"]
+    assert web.media.gate.waiting == 0
+    offload.run()
+    assert web.media.gate.running == 0
+
+
+def test_a_client_that_leaves_gives_back_its_turn_but_work_keeps_its_place() -> None:
+    web, stub, clock, offload = costly_web(
+        media.MediaLimits(jobs=1, queue=4, peer_in_flight=8))
+    start(stub, "/v1/image/random?width=8&height=8")
+    start(stub, "/v1/image/random?width=8&height=8")
+    assert web.media.gate.running == 1 and web.media.gate.waiting == 1
+    for pump in list(stub._agent._pumps):
+        pump.clientIO.loseConnection()
+    stub.flush()
+    # The waiting request left the queue; the one at work keeps its place
+    # until its work is done, since that work holds its memory till then.
+    assert web.media.gate.waiting == 0 and web.media.gate.running == 1
+    offload.run()
+    stub.flush()
+    assert web.media.gate.running == 0 and clock.getDelayedCalls() == []
+    assert web.media.costs.open("127.0.0.1") == 0
+
+
+def test_the_work_runs_off_the_reactor_thread_on_a_seed_from_the_pool() -> None:
+    web, stub, clock, offload = costly_web(media.MediaLimits())
+    done = start(stub, "/v1/image/random?width=300&height=200&mode=gray")
+    # On the reactor thread only the seed was drawn: the pixels are the work's.
+    assert not done and web.pool.status().served["image"] == media.CHILD_SEED
+    bytes_before = web.pool.status().drbg.bytes_generated
+    offload.run()
+    stub.flush()
+    resp, body = done[0]
+    assert resp.code == 200 and decode_png(body).size == (300, 200)
+    assert web.pool.status().drbg.bytes_generated == bytes_before
+    assert resp.length == len(body)
+
+
+def test_a_source_failure_during_the_work_answers_503() -> None:
+    clock = Clock()
+    pool = seeded_pool(clock)
+    _, stub, _, offload = costly_web(media.MediaLimits(), pool)
+    done = start(stub, "/v1/sound/noise?seconds=0.1")
+    pool.source_failed("unplugged")
+    offload.run()
+    stub.flush()
+    resp, body = done[0]
+    assert resp.code == 503 and "unplugged" in json.loads(body)["detail"]
+
+
+def test_a_heatmap_that_cannot_spare_samples_gives_its_place_back() -> None:
+    pool = SeedPool(Clock(), HealthTests(8.0), ReseedPolicy(interval=3600.0))
+    web, stub, _, offload = costly_web(media.MediaLimits(), pool)
+    resp, _ = start(stub, "/v1/image/heatmap")[0]
+    assert resp.code == 503 and web.media.gate.running == 0 and not offload.pending
+
+
+def test_the_heap_is_trimmed_after_big_files() -> None:
+    clock = Clock()
+    web, stub = make_web(seeded_pool(clock), clock=clock)
+    trims: list[int] = []
+    web.media = media.MediaWeb(web, trim=HeapTrim(clock, trim=lambda: bool(trims.append(1))))
+    resp, _ = call(stub, "GET", "http://appliance/v1/image/random?width=2048&height=2048")
+    assert resp.code == 200
+    clock.advance(1.0)
+    assert trims == [1]
+
+
+def test_head_costs_nothing() -> None:
+    web, stub = make_web()
+    for _ in range(5):
+        resp, body = call(stub, "HEAD", "http://appliance/v1/image/random?width=4096&height=4096")
+        assert resp.code == 200 and body == b""
+    assert web.media.costs.tracked() == 0
+
+
+def test_the_costs_follow_the_measured_memory() -> None:
+    # The largest file is the RGB image; every other is smaller.
+    assert rendering.MAX_COST == rendering.image_cost(4096, 4096, "rgb")
+    assert 100 << 20 < rendering.MAX_COST < 128 << 20
+    assert rendering.image_cost(4096, 4096, "bits") < rendering.image_cost(4096, 4096, "gray")
+    assert rendering.sound_cost(60, 48000, "pink") < rendering.MAX_COST
+    assert rendering.heatmap_cost(4096, 4096) < rendering.image_cost(4096, 4096, "gray")

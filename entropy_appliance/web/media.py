@@ -119,19 +119,16 @@ T = TypeVar("T")
 class MediaLimits:
     """
     The budgets of the image and sound routes (see "Costly routes" above).
-    ``peer_rate`` is in bytes of peak memory a second (0: no cost limit).
+    ``peer_rate`` is in bytes of peak memory a second (0: no cost limit),
+    and a peer's bucket holds ``peer_burst``: two of the largest files.
     """
 
     jobs: int = 2
     peer_rate: int = 16 * 1024 * 1024
+    peer_burst: int = 2 * rendering.MAX_COST
     peer_in_flight: int = 4
     queue: int = 16
     queue_wait: float = 5.0
-
-    @property
-    def peer_burst(self) -> int:
-        """What a peer's bucket holds: two of the largest files."""
-        return 2 * rendering.MAX_COST
 
 
 class MediaHost(Protocol):
@@ -336,7 +333,7 @@ class _Costly:
             self._release()
             self._done.errback()
             return
-        _offload(media.host.clock, work).addBoth(self._made)
+        media.offload(work).addBoth(self._made)
 
     def _made(self, result: list[bytes] | Failure) -> None:
         self._release()
@@ -426,11 +423,16 @@ class MediaWeb:
     problems.install(app)
 
     def __init__(self, host: MediaHost, limits: MediaLimits | None = None,
-                 trim: HeapTrim | None = None) -> None:
+                 trim: HeapTrim | None = None,
+                 offload: Callable[[Callable[[], list[bytes]]], Deferred[list[bytes]]] | None = None,
+                 ) -> None:
         self.host = host
         if trim is None and IReactorTime.providedBy(host.clock):
             trim = HeapTrim(host.clock)
         self._trim = trim
+        #: Runs a file's work off the reactor thread: in the reactor's thread
+        #: pool, or inline when the clock has none (tests).
+        self.offload = offload or (lambda work: _offload(host.clock, work))
         self.limit(limits or MediaLimits())
 
     def limit(self, limits: MediaLimits) -> None:
