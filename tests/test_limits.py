@@ -699,6 +699,25 @@ def test_the_connection_budget_spans_every_listener_and_is_logged_once() -> None
     assert guard.budget is not None and guard.budget.open == 9
 
 
+def test_the_last_of_the_budget_is_kept_for_clients_with_no_connection_yet() -> None:
+    """Peers that fill the budget, however many, leave its reserve to newcomers."""
+    factory, _ = body_stack(connections=0)
+    budget = ConnectionBudget(12, reserve=4)
+    factory.budget = budget
+    # Four attacking peers fill what is not reserved, two connections each.
+    for port in range(2):
+        for peer in range(4):
+            connect(factory, f"198.51.100.{peer}", port)
+    assert budget.open == 8
+    assert factory.buildProtocol(IPv4Address("TCP", "198.51.100.0", 9)) is None
+    # Newcomers still get in, one connection each, until the budget is full.
+    newcomers = [connect(factory, f"192.0.2.{i}", 1) for i in range(4)]
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.0", 2)) is None
+    assert factory.buildProtocol(IPv4Address("TCP", "192.0.2.99", 1)) is None
+    assert budget.open == 12
+    assert get(*newcomers[0], "/health")[0] == 200
+
+
 def test_the_default_budget_is_the_fd_limit_less_a_reserve() -> None:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     guard = PeerGuard(PeerPolicy(), Clock())

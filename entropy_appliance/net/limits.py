@@ -11,7 +11,8 @@ accounting of :mod:`entropy_appliance.core.peers`, built on
 - :class:`ConnectionBudget` keeps the connections of the process within its
   file descriptors (``RLIMIT_NOFILE``), so that a shortage is met by
   refusing new connections, logged once, and never by a failed ``accept``,
-  an ``open`` or a ``socket`` call somewhere else;
+  an ``open`` or a ``socket`` call somewhere else; a reserve of it is kept
+  for clients that hold no connection yet;
 - :class:`PeerProtocol` (a ``ProtocolWrapper`` with ``TimeoutMixin``) closes
   connections idle for ``--idle-timeout`` seconds (nothing read or written:
   for a raw stream that means a client that stopped reading), and throttles
@@ -371,37 +372,48 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
 class ConnectionBudget:
     """
     At most ``limit`` connections open at once, over every listener of the
-    process.  Past it a new connection is refused: closed as soon as it is
-    accepted.  That is logged once when a shortage begins, and once when it
-    ends (below nine tenths of the limit), with the number refused.
+    process.  The last ``reserve`` of them (an eighth by default) are kept
+    for peers that hold no connection yet, so that peers which fill the
+    rest, however many, do not keep a newcomer out.  Past its share a new
+    connection is refused: closed as soon as it is accepted.  That is
+    logged once when a shortage begins, and once when it ends (below nine
+    tenths of the limit), with the number refused.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, reserve: int | None = None) -> None:
         if limit < 1:
             raise ValueError("limit must be >= 1")
         self.limit = limit
+        self.reserve = limit // 8 if reserve is None else reserve
         self.open = 0
         #: Connections refused in the shortage of the moment.
         self.refused = 0
         self._short = False
+        self._held: dict[str, int] = {}
 
-    def acquire(self) -> bool:
-        """Count a new connection; False (and nothing counted) past the limit."""
-        if self.open >= self.limit:
+    def acquire(self, peer: str) -> bool:
+        """Count a new connection of ``peer``; False (and nothing counted) past its share."""
+        held = self._held.get(peer, 0)
+        if self.open >= self.limit or (held and self.open >= self.limit - self.reserve):
             if not self._short:
                 self._short = True
-                _log.warn("refusing new connections: {n} are open, as many as the file descriptor limit "
-                          "(RLIMIT_NOFILE) leaves room for; raise it (LimitNOFILE= under systemd)",
-                          n=self.open)
+                _log.warn("refusing new connections: {n} are open, close to what the file descriptor "
+                          "limit (RLIMIT_NOFILE) leaves room for ({limit}, the last {r} kept for clients "
+                          "with no connection yet); raise it (LimitNOFILE= under systemd)",
+                          n=self.open, limit=self.limit, r=self.reserve)
             self.refused += 1
             return False
         self.open += 1
+        self._held[peer] = held + 1
         return True
 
-    def release(self) -> None:
-        """A connection counted by :meth:`acquire` has closed."""
+    def release(self, peer: str) -> None:
+        """A connection of ``peer`` counted by :meth:`acquire` has closed."""
         self.open -= 1
-        if self._short and self.open < self.limit * 0.9:
+        held = self._held.pop(peer, 0) - 1
+        if held > 0:
+            self._held[peer] = held
+        if self._short and self.open < (self.limit - self.reserve) * 0.9:
             self._short = False
             _log.info("accepting new connections again ({n} open); {r} were refused meanwhile",
                       n=self.open, r=self.refused)
@@ -571,14 +583,14 @@ class PeerLimitedFactory(WrappingFactory["PeerProtocol"]):
                           "refusals are counted until it has none)", peer=peer, n=self.connections.limit)
             self._refusals[peer] = refused + 1
             return None
-        if self.budget is not None and not self.budget.acquire():
+        if self.budget is not None and not self.budget.acquire(peer):
             self._release(peer)
             return None
         wrapped = self.wrappedFactory.buildProtocol(addr)
         if wrapped is None:
             self._release(peer)
             if self.budget is not None:
-                self.budget.release()
+                self.budget.release(peer)
             return None
         return PeerProtocol(self, wrapped, peer)
 
@@ -597,7 +609,7 @@ class PeerLimitedFactory(WrappingFactory["PeerProtocol"]):
         super().unregisterProtocol(p)
         self._release(p.peer)
         if self.budget is not None:
-            self.budget.release()
+            self.budget.release(p.peer)
         if not self.protocols and self._all_closed:
             waiting, self._all_closed = self._all_closed, []
             for d in waiting:
