@@ -172,8 +172,9 @@ def per_connection(url: str, seconds: int, rate: int, body: Path, alpn: str) -> 
 
 def supported(tree: Path, option: str) -> bool:
     """Whether ``twist entropy`` of ``tree`` knows ``option``."""
+    # Not from the current directory, which ``-m`` puts first on the path.
     out = subprocess.run([sys.executable, "-m", "twisted", "entropy", "--help"], capture_output=True,
-                         text=True, env=dict(os.environ, PYTHONPATH=str(tree)), timeout=60).stdout
+                         text=True, env=dict(os.environ, PYTHONPATH=str(tree)), cwd="/", timeout=60).stdout
     return option in out
 
 
@@ -354,8 +355,12 @@ def inner(args: argparse.Namespace) -> None:
 
         def ready(apps: list[App]) -> None:
             for app in apps:
-                wait_port(app.http)
-                wait_port(app.https)
+                try:
+                    wait_port(app.http)
+                    wait_port(app.https)
+                except RuntimeError:
+                    log = (tmp / app.name / "app.log").read_text(errors="replace")
+                    raise RuntimeError(f"{app.name} did not start; its log ends:\n{log[-3000:]}") from None
             time.sleep(1.5)  # every process seeded
 
         def stop(apps: list[App]) -> None:
