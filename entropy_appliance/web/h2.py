@@ -46,9 +46,11 @@ protocol, built in :mod:`entropy_appliance.web.channel`) switches to an
 - Priority.  PRIORITY frames are ignored (RFC 9113 deprecates them): in
   Twisted, each one for an unknown stream added a node to the priority tree
   for the life of the connection, and the tree's own limit raised.
-- A graceful stop: each stream counts in the Site's in-flight count
-  (``fast_inflight()``) until its last frame is handed to the transport, or
-  it is reset, or the connection ends.
+- A graceful stop: a stream counts in the Site's in-flight count
+  (``fast_inflight()``) while its request waits its turn, and once the
+  request has finished until its last frame is handed to the transport
+  (Twisted's request finished while most of a body could still be queued),
+  or it is reset, or the connection ends.
 
 Upstream, the adapter would go if ``H2Connection`` paused its streams'
 producers on the amount it has queued as well as on their windows (and
@@ -180,8 +182,9 @@ class H2Channel(H2Connection):
         self._waiting: deque[int] = deque()
         self._waiting_ids: set[int] = set()
         self._granting = False
-        #: The in-flight count each stream joined, until it ends.
-        self._counted: dict[int, InFlightCount] = {}
+        #: How many times each stream is counted in flight (see :meth:`_hold`).
+        self._holds: dict[int, int] = {}
+        self._inflight: Any = None
         self._closing = False
         self._close_call: IDelayedCall | None = None
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -205,6 +208,28 @@ class H2Channel(H2Connection):
         if stream_id not in self._queued or self._closing or not self._stillProducing:
             return 0
         return self.buffer - self._total
+
+    def _hold(self, stream_id: int) -> None:
+        """
+        Count the stream in the Site's in-flight count, for a graceful stop:
+        while its request waits its turn, and from the request's end until
+        its last frame is sent.  In between, the Site counts the request.
+        """
+        inflight: InFlightCount | None = getattr(self.site, "fast_inflight", lambda: None)()
+        if inflight is not None:
+            inflight.enter()
+            self._holds[stream_id] = self._holds.get(stream_id, 0) + 1
+            self._inflight = inflight
+
+    def _unhold(self, stream_id: int, n: int = 1) -> None:
+        held = self._holds.get(stream_id, 0)
+        n = min(n, held)
+        if held - n:
+            self._holds[stream_id] = held - n
+        else:
+            self._holds.pop(stream_id, None)
+        for _ in range(n):
+            self._inflight.leave()
 
     def wait_for_room(self, stream_id: int) -> None:
         """Give the stream a turn once the connection has room again."""
@@ -230,6 +255,8 @@ class H2Channel(H2Connection):
                 if stream.waiting_to_start:
                     stream.waiting_to_start = False
                     stream.requestComplete()
+                    # The request is in the Site's hands now (counted there).
+                    self._unhold(stream_id)
                 else:
                     stream.update_producer()
         finally:
@@ -350,10 +377,6 @@ class H2Channel(H2Connection):
         self._queued[stream_id] = 0
         self._streamCleanupCallbacks[stream_id] = Deferred()
         self._outboundStreamQueues[stream_id] = deque()
-        inflight: InFlightCount | None = getattr(self.site, "fast_inflight", lambda: None)()
-        if inflight is not None:
-            inflight.enter()
-            self._counted[stream_id] = inflight
         self.priority.insert_stream(stream_id)
         self.priority.block(stream_id)
 
@@ -384,6 +407,7 @@ class H2Channel(H2Connection):
         if not isinstance(stream, _Stream):
             return
         stream.waiting_to_start = True
+        self._hold(event.stream_id)
         self.wait_for_room(event.stream_id)
         self._grant()
 
@@ -409,9 +433,7 @@ class H2Channel(H2Connection):
             return
         self._total -= self._queued.pop(streamID, 0)
         super()._requestDone(streamID)
-        inflight = self._counted.pop(streamID, None)
-        if inflight is not None:
-            inflight.leave()
+        self._unhold(streamID, self._holds.get(streamID, 0))
         self._grant()
 
     # -- writing ----------------------------------------------------------------
@@ -448,6 +470,9 @@ class H2Channel(H2Connection):
         if queue is None or self._closing:
             return
         queue.append(_END_STREAM_SENTINEL)
+        # The request has finished (and left the Site's count); what it
+        # wrote is still to be sent.
+        self._hold(streamID)
         self._wake(streamID)
 
     def abortRequest(self, streamID: int) -> None:  # noqa: N802,N803
