@@ -404,7 +404,7 @@ def test_the_idle_timeout_counts_progress_and_not_pings_or_continuations() -> No
         s.clock.advance(timeout / 2 - 0.1)
         s.send(ContinuationFrame(1, data=b"\x86", flags=[]).serialize())
     s.read()
-    assert s.client.goaways and s.socket.disconnecting
+    assert s.client.goaways == [h2.errors.ErrorCodes.NO_ERROR] and s.socket.disconnecting
 
     # A stream stalled at window 0, with PINGs: closed too.
     s = Served(Client(window=0), timeout=timeout)
@@ -416,7 +416,8 @@ def test_the_idle_timeout_counts_progress_and_not_pings_or_continuations() -> No
         s.client.conn.ping(b"12345678")
     s.send()
     s.read()
-    assert s.client.goaways and s.socket.disconnecting
+    # A stream was open: Twisted's code for that case.
+    assert s.client.goaways == [h2.errors.ErrorCodes.PROTOCOL_ERROR] and s.socket.disconnecting
 
     # A slow reader makes progress: it stays, past several timeouts.
     s = Served(Client(window=BIG_WINDOW), timeout=timeout)
