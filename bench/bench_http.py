@@ -163,7 +163,7 @@ def per_connection(url: str, seconds: int, rate: int, body: Path, alpn: str) -> 
     only): ``rate`` connections a second for ``seconds``, by h2load.
     """
     total = rate * seconds
-    argv = [f"-r{max(1, rate // 10)}", "--rate-period=0.1", f"-c{total}", f"-n{total}", "-m1", "-t1",
+    argv = [f"-r{max(1, rate // 10)}", "--rate-period=100ms", f"-c{total}", f"-n{total}", "-m1", "-t1",
             "-d", str(body), "-H", "content-type: application/x-www-form-urlencoded"]
     argv += ["--h1"] if alpn == "http/1.1" else [f"--npn-list={alpn}"]
     ok, elapsed = h2load(url, argv, seconds + 120)
