@@ -45,7 +45,8 @@ protocol, built in :mod:`entropy_appliance.web.channel`) switches to an
   spends a token of Twisted's Rapid Reset bucket).
 - Priority.  PRIORITY frames are ignored (RFC 9113 deprecates them): in
   Twisted, each one for an unknown stream added a node to the priority tree
-  for the life of the connection, and the tree's own limit raised.
+  for the life of the connection, and past 1,000 the tree raised
+  ``TooManyStreamsError`` out of ``dataReceived``.
 - A graceful stop: a stream counts in the Site's in-flight count
   (``fast_inflight()``) while its request waits its turn, and once the
   request has finished until its last frame is handed to the transport
@@ -55,10 +56,14 @@ protocol, built in :mod:`entropy_appliance.web.channel`) switches to an
 Upstream, the adapter would go if ``H2Connection`` paused its streams'
 producers on the amount it has queued as well as on their windows (and
 held back requests while that is full), woke its send loop and blocked a
-stream on every window change (SETTINGS included), unregistered
-itself from the transport and stopped reading in ``_terminate``, reset its
-timeout only on progress, and caught ``h2.exceptions.ProtocolError`` (not
-just ``StreamClosedError``) and unknown stream ids in its event handlers.
+stream on every window change (SETTINGS included), unregistered itself
+from the transport and stopped reading in ``_terminate`` (and on a client's
+GOAWAY), reset its timeout only on progress, caught
+``h2.exceptions.ProtocolError`` (not just ``StreamClosedError``) and
+unknown stream ids in its event handlers, ignored PRIORITY for streams it
+does not know, counted a stream as a request until its last frame, and let
+the ALPN wrapper be given the class to build; sending more than one frame
+a turn is a matter of speed only.
 """
 
 from __future__ import annotations
@@ -109,8 +114,6 @@ CLOSE_DEADLINE = 2.0
 #: SETTINGS; a client past it breaks the protocol (a connection error).
 _H2_CEILING = 100
 
-_log = Logger()
-
 
 class _Stream(H2Stream):
     """
@@ -119,7 +122,7 @@ class _Stream(H2Stream):
     """
 
     _conn: H2Channel
-    #: The request ended while the connection had no room: it waits its turn.
+    #: The request has ended and waits its turn to be handled.
     waiting_to_start = False
 
     def write(self, data: bytes) -> None:
@@ -367,7 +370,7 @@ class H2Channel(H2Connection):
     # -- streams ----------------------------------------------------------------
 
     def _requestReceived(self, event: h2.events.RequestReceived) -> None:  # noqa: N802
-        """A new stream: ours, counted in flight; refused past :attr:`max_streams`."""
+        """A new stream, of our class; refused past :attr:`max_streams`."""
         stream_id = event.stream_id
         if len(self.streams) >= self.max_streams:
             self._refuse(stream_id)
