@@ -477,3 +477,25 @@ def test_priority_frames_for_unknown_streams_hold_nothing(logged: list[LogEvent]
     sid = s.client.get("/v1/random?bytes=10", stream_id=4005)
     s.exchange()
     assert s.client.body[sid] == 10
+
+
+def test_a_request_body_that_trickles_past_the_body_deadline_is_reset() -> None:
+    # DATA every few seconds is progress for the idle timer, but the body as a
+    # whole must arrive within --body-timeout (15 s by default), as on HTTP/1.1.
+    s = Served(Client(), timeout=60.0)
+    sid = s.client.conn.get_next_available_stream_id()
+    s.client.conn.send_headers(sid, [(b":method", b"POST"), (b":path", b"/"),
+                                     (b":scheme", b"https"), (b":authority", b"localhost"),
+                                     (b"content-type", b"application/x-www-form-urlencoded")])
+    s.send()
+    for _ in range(4):
+        s.clock.advance(4.0)
+        s.client.conn.send_data(sid, b"c")
+        s.send()
+        s.read()
+    assert sid in s.client.resets
+    assert not s.client.goaways and not s.socket.disconnecting  # only that stream
+    # A request that completes in time on the same connection is answered.
+    ok = s.client.get("/v1/random?bytes=16")
+    s.exchange()
+    assert ok in s.client.ended and s.client.body.get(ok) == 16

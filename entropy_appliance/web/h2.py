@@ -188,6 +188,8 @@ class H2Channel(H2Connection):
         #: How many times each stream is counted in flight (see :meth:`_hold`).
         self._holds: dict[int, int] = {}
         self._inflight: Any = None
+        #: Per stream whose request body is still arriving: its deadline.
+        self._body_deadlines: dict[int, IDelayedCall] = {}
         self._closing = False
         self._close_call: IDelayedCall | None = None
         self.conn.local_settings = h2.settings.Settings(client=False, initial_values={
@@ -365,6 +367,8 @@ class H2Channel(H2Connection):
             call, self._close_call = self._close_call, None
             if call is not None and call.active():
                 call.cancel()
+        for stream_id in list(self._body_deadlines):
+            self._end_body_deadline(stream_id)
         super().connectionLost(reason, _cancelTimeouts)
 
     # -- streams ----------------------------------------------------------------
@@ -382,6 +386,22 @@ class H2Channel(H2Connection):
         self._outboundStreamQueues[stream_id] = deque()
         self.priority.insert_stream(stream_id)
         self.priority.block(stream_id)
+        timeout = float(getattr(self.site, "body_timeout", 0.0) or 0.0)
+        if timeout and event.stream_ended is None:
+            # As on HTTP/1.1 (--body-timeout): a body must arrive whole in
+            # time; trickling DATA is progress for the idle timer, not this.
+            self._body_deadlines[stream_id] = self._reactor.callLater(
+                timeout, self._body_late, stream_id, timeout)
+
+    def _body_late(self, stream_id: int, timeout: float) -> None:
+        self._body_deadlines.pop(stream_id, None)
+        self._log.info("resetting an HTTP/2 stream whose request body took over {t:g} s", t=timeout)
+        self.abortRequest(stream_id)
+
+    def _end_body_deadline(self, stream_id: int) -> None:
+        call = self._body_deadlines.pop(stream_id, None)
+        if call is not None and call.active():
+            call.cancel()
 
     def _refuse(self, stream_id: int) -> None:
         try:
@@ -406,6 +426,7 @@ class H2Channel(H2Connection):
         connection has room and no other stream waits for it.  Ignored for a
         stream that is gone.
         """
+        self._end_body_deadline(event.stream_id)
         stream = self.streams.get(event.stream_id)
         if not isinstance(stream, _Stream):
             return
@@ -432,6 +453,7 @@ class H2Channel(H2Connection):
 
     def _requestDone(self, streamID: int) -> None:  # noqa: N802,N803
         """A stream has ended: free what it held and leave the in-flight count."""
+        self._end_body_deadline(streamID)
         if streamID not in self.streams:
             return
         self._total -= self._queued.pop(streamID, 0)
