@@ -692,3 +692,20 @@ def test_the_costs_follow_the_measured_memory() -> None:
     assert rendering.image_cost(4096, 4096, "bits") < rendering.image_cost(4096, 4096, "gray")
     assert rendering.sound_cost(60, 48000, "pink") < rendering.MAX_COST
     assert rendering.heatmap_cost(4096, 4096) < rendering.image_cost(4096, 4096, "gray")
+
+
+def test_the_options_set_the_budgets(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.python.usage import UsageError
+
+    from entropy_appliance.app.options import parse_config
+
+    monkeypatch.chdir(tmp_path)
+    assert parse_config([]).media == media.MediaLimits()
+    config = parse_config(["--media-jobs", "3", "--peer-media-rate", "8M"])
+    assert (config.media.jobs, config.media.peer_rate) == (3, 8 << 20)
+    assert parse_config(["--peer-media-rate", "0"]).media.peer_rate == 0
+    for args, message in [(["--media-jobs", "0"], "1 <= N <= 10"),
+                          (["--media-jobs", "2.5"], "--media-jobs"),
+                          (["--peer-media-rate", "lots"], "is not a size")]:
+        with pytest.raises(UsageError, match=message):
+            parse_config(args)

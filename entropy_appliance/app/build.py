@@ -39,6 +39,7 @@ from entropy_appliance.app.signals import GracefulStop, ReloadService
 from entropy_appliance.app.workers import AdoptedPort, InheritedPort
 from entropy_appliance.net import tls
 from entropy_appliance.net.limits import GuardedEndpoint, PeerGuard, guard_accepts, with_backlog
+from entropy_appliance.net.memory import HeapTrim
 from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.source.detection import detect
 from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, DeviceSource, SourceSpec, open_source
@@ -177,7 +178,7 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
 
     pool = core.pool
     guard = PeerGuard(config.peers, reactor)
-    stream_factory = StreamFactory(pool)
+    stream_factory = StreamFactory(pool, trim=HeapTrim(reactor))
     tree.add("drain", GracefulStop(guard.inflight, reactor, config.shutdown_timeout,
                                    close_streams=stream_factory.close_all,
                                    close_http=guard.close_http), "drain")
@@ -190,6 +191,7 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
     web = EntropyWeb(pool, reactor, listeners=[*config.http, *config.https],
                      max_bytes=config.max_bytes, status_extras=status_extras or None,
                      seed_wait=config.seed_wait)
+    web.media.limit(config.media)
     site = web.site(h2=config.tls.h2, timeout=config.peers.idle_timeout or None)
     http = limit_site(site, guard, observe=web.observe, limits=config.http_limits)
     if onion is not None:

@@ -38,6 +38,7 @@ from entropy_appliance.net import tls
 from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, SourceSpec, parse_source
 from entropy_appliance.web.app import DEFAULT_MAX_BYTES, DEFAULT_SEED_WAIT
 from entropy_appliance.web.limits import HTTPLimits
+from entropy_appliance.web.media import MediaLimits
 
 if TYPE_CHECKING:
     from entropy_appliance.app.workers import InheritedPort
@@ -52,6 +53,10 @@ Role = Literal["single", "parent", "worker"]
 
 #: The most serving processes ``--workers`` accepts.
 MAX_WORKERS = 64
+
+#: The most images and sounds ``--media-jobs`` lets be made at once: the
+#: reactor's thread pool holds 10 threads.
+MAX_MEDIA_JOBS = 10
 
 
 def _size_text(n: int) -> str:
@@ -98,6 +103,7 @@ class Setting:
 _POLICY = ReseedPolicy()
 _PEERS = PeerPolicy()
 _HTTP = HTTPLimits()
+_MEDIA = MediaLimits()
 
 #: Every option of the appliance, with its default: the one place a default is written.
 SETTINGS: tuple[Setting, ...] = (
@@ -160,6 +166,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("peer-rate", f"{_PEERS.rate:g}",
             "HTTP requests per second per client IP, bursts of twice as many; past it, 429. "
             "0: no limit."),
+    Setting("peer-media-rate", _size_text(_MEDIA.peer_rate),
+            "Image and sound work per second per client IP, counted as the memory each file needs "
+            "at its peak (a 4096x4096 RGB image: 113M; K/M/G suffixes), bursts of two such images; "
+            f"past it, or with {_MEDIA.peer_in_flight} files in flight, 429. 0: no cost limit."),
+    Setting("media-jobs", str(_MEDIA.jobs),
+            f"Images and sounds made at once, each in a worker thread (1-{MAX_MEDIA_JOBS}); more "
+            f"wait their turn up to {_MEDIA.queue_wait:g} s ({_MEDIA.queue} at most), then get 503. "
+            "The default keeps 10 parallel requests for the largest image under 400 MB of RSS."),
     Setting("peer-bandwidth", _size_text(_PEERS.bandwidth),
             "Bytes per second per client IP over all surfaces (K/M/G suffixes); 0: no limit."),
     Setting("idle-timeout", f"{_PEERS.idle_timeout:g}",
@@ -245,6 +259,7 @@ class Config:
     onion: OnionConfig | None
     argv: tuple[str, ...] = ()
     http_limits: HTTPLimits = HTTPLimits()
+    media: MediaLimits = MediaLimits()
 
     @property
     def role(self) -> Role:
@@ -342,11 +357,13 @@ class Options(EnvironmentOptions):
         onion = self._onion()
         shutdown_timeout, peers = self._limits()
         http_limits = self._http_limits()
+        media = self._media()
         self.config = Config(
             source=source, min_entropy=min_entropy, alpha=alpha, policy=policy, seed_wait=seed_wait,
             stream=stream, http=http, https=https, tls=tls_config, max_bytes=max_bytes,
             peers=peers, shutdown_timeout=shutdown_timeout, workers=self._workers(),
             worker=worker, onion=onion, argv=tuple(self.argv), http_limits=http_limits,
+            media=media,
         )
 
     # -- one check per concern -------------------------------------------------
@@ -467,6 +484,14 @@ class Options(EnvironmentOptions):
                                    "must be an integer, 0 (no limit) or more", convert=int)
         return HTTPLimits(max_body=int(max_body), body_timeout=self._seconds("body-timeout", 3600),
                           connections=int(connections))
+
+    def _media(self) -> MediaLimits:
+        """``--media-jobs`` and ``--peer-media-rate``."""
+        jobs = self._ranged("media-jobs", 1, MAX_MEDIA_JOBS,
+                            f"must be an integer, 1 <= N <= {MAX_MEDIA_JOBS}", convert=int)
+        rate = self._ranged("peer-media-rate", 0, 2 ** 40, "must be between 0 (no limit) and 1T",
+                            value=self._size("peer-media-rate"))
+        return MediaLimits(jobs=int(jobs), peer_rate=int(rate))
 
     def _workers(self) -> int:
         text = str(self["workers"]).strip().lower()
