@@ -21,9 +21,11 @@ writer does the rest.
   kernel send queue can be read (Linux), a pull writer adapts its piece to
   the reader: it doubles the piece, up to a chunk, while the queue holds no
   more than a chunk and a quarter of its size (the reader keeps up), and
-  halves it, down to :data:`MIN_PIECE`, while the queue grows.  A reader that stops reading
-  then pins a small piece, not a chunk, and one that drains at full speed
-  gets whole chunks.
+  halves it, down to :data:`MIN_PIECE`, while the queue grows.  A reader
+  that stops reading then pins a small piece, not a chunk, and one that
+  drains at full speed gets whole chunks.  A surface with many bodies also
+  caps each piece at its ``share`` of a budget, so that the pieces that all
+  of them have in flight at once (written, not yet sent) stay within it.
 - Starvation: when the pool is starved (:class:`Starved`) nothing is
   written and nobody is hung up on; the writer waits for the pool and
   writes on once it has reseeded.
@@ -194,7 +196,9 @@ class BodyWriter:
     once however the body ends.  ``chunk_size`` is :data:`CHUNK_SIZE` but
     in tests.  ``queued`` reads the consumer's kernel send queue
     (:func:`send_queue` of a pull writer's consumer by default), which sizes
-    a pull writer's pieces; without it every piece is a chunk.
+    a pull writer's pieces; without it every piece is a chunk.  ``share``
+    gives the largest piece this body may write now (never below
+    :data:`MIN_PIECE`).
     """
 
     log = Logger()
@@ -207,7 +211,8 @@ class BodyWriter:
                  first: bytes = b"", head: bytes = b"",
                  inflight: InFlightCount | None = None, chunk_size: int = CHUNK_SIZE,
                  parts: Iterable[bytes] | None = None,
-                 queued: Callable[[], SendQueue | None] | None = None) -> None:
+                 queued: Callable[[], SendQueue | None] | None = None,
+                 share: Callable[[], int] | None = None) -> None:
         self._pool = pool
         self._consumer = consumer
         self._left = length
@@ -220,6 +225,7 @@ class BodyWriter:
         self._chunk = encoding.chunk_size(chunk_size)
         self._parts = deque(parts) if parts is not None else None
         self._queued = queued
+        self._share = share
         if queued is None and not streaming and parts is None:
             self._queued = send_queue(consumer)
         #: The raw size of the next piece: it adapts while a send queue is known.
@@ -361,17 +367,18 @@ class BodyWriter:
     def _next_piece(self) -> int:
         """The raw size of the next piece: see "Pieces the socket takes" above."""
         queued = self._queued
-        if queued is None:
+        if queued is not None:
+            reading = queued()
+            if reading is None:
+                self._queued = None
+                self.piece = self._chunk
+            elif reading[0] <= min(self._chunk, reading[1] // 4):
+                self.piece = self._encoding.chunk_size(min(self._chunk, 2 * self.piece))
+            else:
+                self.piece = self._encoding.chunk_size(max(MIN_PIECE, self.piece // 2))
+        if self._share is None:
             return self.piece
-        reading = queued()
-        if reading is None:
-            self._queued = None
-            self.piece = self._chunk
-        elif reading[0] <= min(self._chunk, reading[1] // 4):
-            self.piece = self._encoding.chunk_size(min(self._chunk, 2 * self.piece))
-        else:
-            self.piece = self._encoding.chunk_size(max(MIN_PIECE, self.piece // 2))
-        return self.piece
+        return self._encoding.chunk_size(min(self.piece, max(MIN_PIECE, self._share())))
 
     def _take_parts(self) -> bytes:
         """The next pieces of a body made already, about a chunk of them, joined."""

@@ -5,8 +5,10 @@ Each connection is an endless :class:`~entropy_appliance.net.body.BodyWriter`
 registered as a pull producer on its own transport, so DRBG output is
 generated only as fast as the socket drains, in pieces sized to what the
 socket takes: a reader at full speed gets 256 KiB chunks, and one that
-stops reading pins at most a small piece in the process (16 KiB; 1,000 of
-them hold about 30 MB of RSS, where a chunk each held 250 MB).  While the
+stops reading pins at most a small piece in the process (16 KiB).  The
+pieces of all streams in flight at once share :data:`STREAMS_BUDGET`, so
+that many readers never make the process hold more than that at once (1,000
+stalled readers: about 30 MB of RSS, where a chunk each held 250 MB).  While the
 pool is starved the connection stays open and writes nothing; it resumes
 when the pool has reseeded.  When the source fails, every stream is closed
 without another byte, at once, whether or not its reader is draining.  What
@@ -23,13 +25,18 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
 from entropy_appliance.core.pool import SeedPool
-from entropy_appliance.net.body import CHUNK_SIZE, BodyWriter
+from entropy_appliance.net.body import CHUNK_SIZE, MIN_PIECE, BodyWriter
 from entropy_appliance.net.memory import HeapTrim
 
-__all__ = ["StreamProtocol", "StreamFactory", "MAX_CLIENT_INPUT"]
+__all__ = ["StreamProtocol", "StreamFactory", "MAX_CLIENT_INPUT", "STREAMS_BUDGET"]
 
 #: A client has nothing to say; past this many bytes it is disconnected.
 MAX_CLIENT_INPUT = 64 * 1024
+
+#: What the pieces of all raw streams may hold at once: each stream's piece
+#: is at most its share (and at least :data:`~entropy_appliance.net.body.MIN_PIECE`),
+#: so 64 streams still get whole chunks.
+STREAMS_BUDGET = 16 * 1024 * 1024
 
 
 class StreamProtocol(Protocol):
@@ -45,9 +52,12 @@ class StreamProtocol(Protocol):
         """Register the body on the transport; it writes when the transport asks."""
         transport = self.transport
         assert transport is not None
+        factory = self.factory
+        share = factory.share if isinstance(factory, StreamFactory) else None
         body = self.body = BodyWriter(self._pool, transport,  # type: ignore[arg-type]
                                       length=None, streaming=False, surface="stream",
-                                      cut=transport.loseConnection, chunk_size=self._chunk_size)
+                                      cut=transport.loseConnection, chunk_size=self._chunk_size,
+                                      share=share)
         body.start()
 
     def dataReceived(self, data: bytes) -> None:
@@ -95,6 +105,10 @@ class StreamFactory(Factory):
         p.factory = self
         self.live.add(p)
         return p
+
+    def share(self) -> int:
+        """The largest piece a stream may write now: its share of :data:`STREAMS_BUDGET`."""
+        return max(MIN_PIECE, STREAMS_BUDGET // max(1, len(self.live)))
 
     def close_all(self) -> int:
         """Close every open stream; return how many there were."""
