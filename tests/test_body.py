@@ -312,3 +312,19 @@ def test_an_ended_writer_is_freed_without_a_garbage_collection() -> None:
         assert ref() is None
     finally:
         gc.enable()
+
+
+def test_a_share_caps_the_piece_but_never_below_the_smallest() -> None:
+    transport = Recorder()
+    cap = [100_000]
+    w = writer(transport, None, chunk_size=CHUNK_SIZE, queued=lambda: (0, 4 << 20),
+               share=lambda: cap[0])
+    sizes: list[int] = []
+    original = transport.write
+    transport.write = lambda data: (sizes.append(len(data)), original(data))  # type: ignore[method-assign]
+    w.start()
+    for _ in range(5):
+        w.resumeProducing()
+    cap[0] = 10
+    w.resumeProducing()
+    assert sizes == [32768, 65536, 100_000, 100_000, 100_000, MIN_PIECE]

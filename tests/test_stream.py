@@ -15,7 +15,7 @@ from entropy_appliance.core.pool import SeedPool
 from entropy_appliance.core.states import PoolState, SourceState
 from entropy_appliance.net.body import CHUNK_SIZE, MIN_PIECE, BodyWriter
 from entropy_appliance.net.memory import HeapTrim, malloc_trim
-from entropy_appliance.net.stream import MAX_CLIENT_INPUT, StreamFactory, StreamProtocol
+from entropy_appliance.net.stream import MAX_CLIENT_INPUT, STREAMS_BUDGET, StreamFactory, StreamProtocol
 from tests.test_pool import FakeSource, pipeline, seed_fully, slow_pipeline, stuck
 
 
@@ -223,3 +223,20 @@ def test_the_factory_trims_the_heap_after_a_burst_of_ended_streams() -> None:
 
 def test_malloc_trim_answers_whether_it_gave_memory_back() -> None:
     assert malloc_trim() in (True, False)
+
+
+def test_streams_share_one_budget_for_their_pieces() -> None:
+    pool, _, _ = pipeline(FakeSource())
+    factory = StreamFactory(pool)
+    assert factory.share() == STREAMS_BUDGET
+    for port in range(2000):
+        factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port))
+    # 2,000 streams: each may hold the smallest piece, never less.
+    assert factory.share() == MIN_PIECE
+    for proto in list(factory.live)[:1000]:
+        proto.connectionLost()
+    # 1,000: together they hold the budget at most.
+    assert MIN_PIECE <= factory.share() and 1000 * factory.share() <= STREAMS_BUDGET
+    for proto in list(factory.live)[:936]:
+        proto.connectionLost()
+    assert factory.share() == STREAMS_BUDGET // 64 == CHUNK_SIZE
