@@ -208,3 +208,11 @@ def test_parsing_has_no_side_effects(tmp_path: Path) -> None:
                            "--onion-key", str(tmp_path / "onion.key")])
     assert config.source.kind == "auto" and config.tls.self_signed
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_prefer_h2_is_a_choice_of_order_and_contradicts_no_h2() -> None:
+    assert parse({}, *BASE).config.tls.prefer_h2 is False
+    assert parse({}, *BASE, "--prefer-h2").config.tls.prefer_h2 is True
+    assert parse({"ENTROPY_PREFER_H2": "1"}, *BASE).config.tls.prefer_h2 is True
+    with pytest.raises(usage.UsageError, match="--prefer-h2 and --no-h2"):
+        parse({}, *BASE, "--prefer-h2", "--no-h2")

@@ -58,13 +58,36 @@ def test_http_https_and_h2(app: Appliance) -> None:
     r = curl(*cacert, "-o", "/dev/null", "-w", "%{http_version}",
              f"https://localhost:{app.ports['https']}/v1/random?bytes=16")
     assert r.returncode == 0, r.stderr
+    # curl offers h2 and http/1.1: by default the server chooses http/1.1.
     r = curl("--http2", "-k", "-o", "-", "-w", "\n%{http_version}", app.url("https", "/v1/random?bytes=16"))
-    assert r.returncode == 0 and r.stdout.endswith(b"\n2"), r.stderr
-    assert len(r.stdout) == 16 + 2
-    r = curl("--http2", "-k", "-w", "\n%{http_version}", app.url("https", "/v1/uuid?count=3"))
-    body, _, version = r.stdout.rpartition(b"\n")
-    assert version == b"2" and len(json.loads(body)) == 3
+    assert r.returncode == 0 and r.stdout.endswith(b"\n1.1"), r.stderr
+    assert len(r.stdout) == 16 + 4
+    # A client that offers only h2 gets h2.
+    assert alpn(app.ports["https"], ["h2"]) == "h2"
+    assert alpn(app.ports["https"], ["h2", "http/1.1"]) == "http/1.1"
     assert "SHA-256 fingerprint" in app.log()
+
+
+def alpn(port: int, offered: list[str]) -> str | None:
+    """The protocol the server chooses among ``offered``."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(offered)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls_sock:
+            return tls_sock.selected_alpn_protocol()
+
+
+def test_prefer_h2_speaks_http2_to_curl(tmp_path: Path) -> None:
+    a = start_appliance(tmp_path, "--source", "kernel", "--prefer-h2", "--stream", "none", "--http", "none")
+    try:
+        r = curl("--http2", "-k", "-w", "\n%{http_version}", a.url("https", "/v1/uuid?count=3"))
+        body, _, version = r.stdout.rpartition(b"\n")
+        assert version == b"2" and len(json.loads(body)) == 3, r.stderr
+        assert alpn(a.ports["https"], ["http/1.1", "h2"]) == "h2"
+    finally:
+        a.stop()
 
 
 def handshake(port: int, version: ssl.TLSVersion, ciphers: str) -> tuple[str | None, str]:

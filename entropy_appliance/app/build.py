@@ -192,7 +192,8 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
                      max_bytes=config.max_bytes, status_extras=status_extras or None,
                      seed_wait=config.seed_wait)
     web.media.limit(config.media)
-    site = web.site(h2=config.tls.h2, timeout=config.peers.idle_timeout or None)
+    site = web.site(h2=config.tls.h2, prefer_h2=config.tls.prefer_h2,
+                    timeout=config.peers.idle_timeout or None)
     http = limit_site(site, guard, observe=web.observe, limits=config.http_limits)
     if onion is not None:
         onion_targets["http"] = site
