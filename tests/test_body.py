@@ -233,7 +233,7 @@ def test_the_piece_doubles_while_the_reader_keeps_up() -> None:
 
 
 def test_the_piece_halves_while_the_send_queue_grows() -> None:
-    full = 4 * CHUNK_SIZE
+    full = 2 << 20
     sizes = pieces([0, 0, 0, 0, full, full, full, full, full, 0])
     assert sizes == [32768, 65536, 131072, 262144, 131072, 65536, 32768, MIN_PIECE, MIN_PIECE,
                      32768]

@@ -177,7 +177,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("media-jobs", str(_MEDIA.jobs),
             f"Images and sounds made at once, each in a worker thread (1-{MAX_MEDIA_JOBS}); more "
             f"wait their turn up to {_MEDIA.queue_wait:g} s ({_MEDIA.queue} at most), then get 503. "
-            "The default keeps 10 parallel requests for the largest image under 400 MB of RSS."),
+            "The default keeps 10 parallel requests for the largest image under 300 MB of RSS."),
     Setting("peer-bandwidth", _size_text(_PEERS.bandwidth),
             "Bytes per second per client IP over all surfaces (K/M/G suffixes); 0: no limit."),
     Setting("idle-timeout", f"{_PEERS.idle_timeout:g}",

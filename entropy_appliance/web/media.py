@@ -46,10 +46,13 @@ GET of the three file routes passes, in order:
 
 Memory, then: the largest file times ``jobs`` for the work under way, plus
 the unread bodies of each peer's at most ``peer_in_flight`` files.  With the
-defaults (2 jobs), 10 parallel requests for the largest image keep the
-process under 400 MB of RSS (measured: about 300 MB;
-``tests/test_e2e_hostile_costly.py``), where drawing and encoding them all at
-once took 1.56 GB.
+defaults, 10 parallel requests for the largest image keep the process under
+300 MB of RSS (measured: a peak of 245 MB, from 61 MB idle, and 62 MB two
+seconds after; ``tests/test_e2e_hostile_costly.py``), where drawing and
+encoding them all at once took 1.56 GB.  One job at a time is the default
+because Pillow holds the GIL for part of the work and the reactor needs a
+core: on two cores, two jobs made 0.8 of the largest images a second against
+0.7 for one, for a peak of 431 MB.
 
 Why a child DRBG keeps the security strength: the child is an SP 800-90A
 CTR_DRBG (AES-256, with the derivation function) instantiated from 256 bits
@@ -123,7 +126,7 @@ class MediaLimits:
     and a peer's bucket holds ``peer_burst``: two of the largest files.
     """
 
-    jobs: int = 2
+    jobs: int = 1
     peer_rate: int = 16 * 1024 * 1024
     peer_burst: int = 2 * rendering.MAX_COST
     peer_in_flight: int = 4
