@@ -92,13 +92,13 @@ def test_single_process_listens_on_every_endpoint_with_one_site() -> None:
     assert described == [("stream", LOCAL[1]), ("http", LOCAL[3]), ("https", LOCAL[5])]
     for listener in tree.phase("listeners"):
         listener.privilegedStartService()
-    (stream_port, stream, _, stream_on), (http_port, http, _, http_on) = reactor.tcpServers
-    ((https_port, https, _, _, https_on),) = reactor.sslServers
+    ((stream_port, stream, _, stream_on), (http_port, http, _, http_on),
+     (https_port, https, _, https_on)) = reactor.tcpServers
     assert (stream_port, http_port, https_port) == (19000, 18080, 18443)
     assert stream_on == http_on == https_on == "127.0.0.1"
     assert isinstance(stream.wrappedFactory, StreamFactory)
     # ONE Site, behind the same limits, on HTTP and HTTPS.
-    assert https is http and isinstance(http.wrappedFactory, EntropySite)
+    assert https.wrappedFactory is http and isinstance(http.wrappedFactory, EntropySite)
     assert (Path("certs") / "server.key").exists()  # created by makeService
 
 

@@ -425,3 +425,39 @@ def test_endpoints_listen_with_a_backlog_of_1024_unless_they_name_one(tmp_path: 
         for name in ("http", "https", "stream"):
             assert listen_backlog(app.ports[name]) == min(1024, somaxconn), name
         assert listen_backlog(app.ports["named"]) == 77
+
+
+def test_https_connections_past_the_peer_limit_are_refused_before_the_handshake(tmp_path: Path) -> None:
+    """
+    --peer-connections on the HTTPS port: a refused connection is closed
+    before any TLS handshake, and the log holds no traceback.
+    """
+    app = start_appliance(tmp_path, "--source", "kernel", "--peer-connections", "2",
+                          "--stream", "none", "--http", "none")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    held: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(2):
+            raw = socket.create_connection(("127.0.0.1", app.ports["https"]), timeout=10)
+            held.append(ctx.wrap_socket(raw, server_hostname="localhost"))
+        refused = 0
+        for _ in range(20):
+            raw = socket.create_connection(("127.0.0.1", app.ports["https"]), timeout=10)
+            try:
+                with ctx.wrap_socket(raw, server_hostname="localhost"):
+                    pass
+            except (ssl.SSLError, OSError):
+                refused += 1
+            finally:
+                raw.close()
+        assert refused == 20
+        # The two held connections still work.
+        held[0].sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert held[0].recv(64).startswith(b"HTTP/1.1 200")
+        assert "Traceback" not in app.log()
+    finally:
+        for s in held:
+            s.close()
+        app.stop()

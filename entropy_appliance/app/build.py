@@ -30,7 +30,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from entropy_appliance.app.lifecycle import Lifecycle
 from entropy_appliance.app.options import Config, tls_pairs
@@ -144,7 +143,7 @@ def build_worker(config: Config, reactor: Any) -> Lifecycle:
         factory = serving.factory(kind)
         if kind == "https":
             # The parent's ssl: socket is a plain TCP socket to us.
-            factory = TLSMemoryBIOFactory(next(https)[1], False, factory)
+            factory = tls.TLSServerFactory(next(https)[1], False, factory)
         tree.add("listeners", _GuardedAdoptedPort(reactor, mine, factory))
     tree.add("signals", ParentWatch(reactor, reactor.stop), "parent-watch")
     return tree

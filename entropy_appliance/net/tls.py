@@ -13,11 +13,12 @@ TLS for the web endpoints: certificates, the context factory, ``ssl:`` endpoints
 - Twisted's own ``ssl:`` endpoint parser takes no ALPN protocols, so
   :func:`parse_ssl_endpoint` reads the ``ssl:`` description itself
   (``ssl:PORT[:interface=..][:backlog=..][:privateKey=..][:certKey=..]``) and
-  :func:`ssl_endpoint` builds an ``SSL4ServerEndpoint`` with our factory.
+  :func:`ssl_endpoint` listens on TCP with the Site wrapped in
+  :class:`TLSServerFactory` (a ``TLSMemoryBIOFactory`` that passes a
+  per-peer refusal on, before any handshake).
 - Any other stream endpoint (``systemd:``, ``tcp:``, ``unix:``) can carry
   HTTPS too: :func:`parse_https_endpoint` keeps its description, and
-  :func:`ssl_endpoint` listens on it with the factory wrapped in
-  ``TLSMemoryBIOFactory``.
+  :func:`ssl_endpoint` listens on it the same way.
 - :class:`ReloadableContextFactory` serves every new handshake with the
   current certificate; :meth:`~ReloadableContextFactory.reload` replaces it
   (on SIGHUP) without touching established connections.
@@ -39,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import (
     IListeningPort,
     IOpenSSLContextFactory,
@@ -345,6 +346,22 @@ def parse_https_endpoint(description: str) -> SSLEndpointSpec:
     return SSLEndpointSpec(0, wrapped=description)
 
 
+class TLSServerFactory(TLSMemoryBIOFactory):
+    """
+    Server-side TLS over a factory that may refuse a connection (the
+    per-peer limits return no protocol): the refusal closes the socket
+    before any handshake, as it does on plain TCP.  Twisted's own wrapper
+    would go on with no protocol inside it, a traceback per event.
+    """
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """The TLS protocol around the wrapped factory's, or None if it refuses."""
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return self.protocol(self, wrapped)
+
+
 @implementer(IStreamServerEndpoint)
 class _TLSOverEndpoint:
     """Listens on a plain stream endpoint, speaking TLS (server side) on it."""
@@ -355,7 +372,7 @@ class _TLSOverEndpoint:
 
     def listen(self, protocolFactory: IProtocolFactory) -> Deferred[IListeningPort]:
         """Listen with ``protocolFactory`` behind TLS."""
-        return self._inner.listen(TLSMemoryBIOFactory(self._creator, False, protocolFactory))
+        return self._inner.listen(TLSServerFactory(self._creator, False, protocolFactory))
 
 
 def ssl_endpoint(reactor: Any, spec: SSLEndpointSpec, factory: Any) -> IStreamServerEndpoint:
@@ -365,8 +382,8 @@ def ssl_endpoint(reactor: Any, spec: SSLEndpointSpec, factory: Any) -> IStreamSe
     """
     if spec.wrapped is not None:
         return _TLSOverEndpoint(serverFromString(reactor, spec.wrapped), factory)
-    return SSL4ServerEndpoint(reactor, spec.port, factory, backlog=spec.backlog,
-                              interface=spec.interface)
+    return _TLSOverEndpoint(TCP4ServerEndpoint(reactor, spec.port, backlog=spec.backlog,
+                                               interface=spec.interface), factory)
 
 
 def resolve_https(specs: list[SSLEndpointSpec], key_path: str, cert_path: str,
