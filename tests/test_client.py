@@ -41,6 +41,7 @@ from entropy_fetch.output import Encoder, Progress
 from entropy_fetch.seed import RNDADDENTROPY, seed_kernel
 from entropy_fetch.target import parse_target
 from entropy_fetch.tls import parse_fingerprint
+from tests.twistd_helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -664,12 +665,6 @@ def test_module_runs_without_the_server_package(servers: list[Any]) -> None:
 # -- end to end against the appliance --------------------------------------------
 
 
-def _free_port() -> int:
-    s = _listen()
-    port = s.getsockname()[1]
-    s.close()
-    return int(port)
-
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float = 30.0) -> None:
     end = time.monotonic() + deadline
@@ -687,7 +682,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], deadline: float = 30.0)
 @pytest.mark.e2e
 def test_end_to_end_with_the_real_appliance(tmp_path: Path) -> None:
     """The installed command against twistd: raw stream, http, https (CA and pin) and pollen."""
-    stream, web, tls = _free_port(), _free_port(), _free_port()
+    stream, web, tls = free_port(), free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",

@@ -18,16 +18,19 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from entropy_appliance.net import tls
-from tests.twistd_helpers import Appliance, start_appliance
+from tests.twistd_helpers import REPO_ROOT, Appliance, free_port, start_appliance
 
 pytestmark = pytest.mark.e2e
 
@@ -292,3 +295,19 @@ def test_request_heads_are_bounded_in_time_and_length(tmp_path: Path) -> None:
         conn.close()
     finally:
         app.stop()
+
+
+def test_a_port_in_use_stops_the_start_with_its_reason(tmp_path: Path) -> None:
+    """An endpoint that cannot be listened on fails the start, naming the port; nothing half-serves."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        done = subprocess.run(
+            [sys.executable, "-m", "twisted", "entropy", "--source", "kernel", "--https", "none",
+             "--stream", f"tcp:{free_port()}:interface=127.0.0.1",
+             "--http", f"tcp:{port}:interface=127.0.0.1"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert f"Couldn't listen on 127.0.0.1:{port}" in done.stdout + done.stderr

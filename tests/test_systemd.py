@@ -34,6 +34,7 @@ from entropy_appliance.core.pool import ReseedPolicy, SeedPool
 from entropy_appliance.core.status import PoolStatus
 from entropy_appliance.net.waiting import when_ready
 from entropy_fetch.cli import main as fetch_main
+from tests.twistd_helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "contrib" / "systemd"
@@ -82,12 +83,6 @@ class NotifyListener:
         self.sock.close()
 
 
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 def fetch(*args: str) -> tuple[int, bytes, str]:

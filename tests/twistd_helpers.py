@@ -44,11 +44,24 @@ DEFAULT_PORTS = {
 }
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """
+    A TCP port on 127.0.0.1 that was free a moment ago, and never one this
+    test process has handed out before: after many connections the kernel
+    may offer the same port twice in a row, and two listeners of one
+    appliance must not be given the same port.
+    """
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no fresh free port on 127.0.0.1")
 
 
 @dataclass

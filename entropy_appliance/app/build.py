@@ -317,6 +317,10 @@ class _Listener(StreamServerEndpointService):
         super().__init__(endpoint, factory)
         self.kind = kind
         self.description = description
+        # A port that cannot be listened on (in use, no permission) stops the
+        # start with its reason, rather than leaving a process that serves
+        # some surfaces and not others.
+        self._raiseSynchronously = True
 
 
 class _GuardedAdoptedPort(AdoptedPort):
