@@ -666,15 +666,21 @@ def test_a_heatmap_that_cannot_spare_samples_gives_its_place_back() -> None:
     assert resp.code == 503 and web.media.gate.running == 0 and not offload.pending
 
 
-def test_the_heap_is_trimmed_after_big_files() -> None:
+def test_the_heap_is_trimmed_as_big_work_ends_and_after_many_small_files() -> None:
     clock = Clock()
     web, stub = make_web(seeded_pool(clock), clock=clock)
     trims: list[int] = []
     web.media = media.MediaWeb(web, trim=HeapTrim(clock, trim=lambda: bool(trims.append(1))))
+    # Big work trims as it ends, in its own thread: no timer.
     resp, _ = call(stub, "GET", "http://appliance/v1/image/random?width=2048&height=2048")
-    assert resp.code == 200
-    clock.advance(1.0)
+    assert resp.code == 200 and trims == [1]
+    # Small files are counted, and trimmed for together a second after enough.
+    for _ in range(8):
+        resp, _ = call(stub, "GET", "http://appliance/v1/image/random?width=640&height=480")
+        assert resp.code == 200
     assert trims == [1]
+    clock.advance(1.0)
+    assert trims == [1, 1]
 
 
 def test_head_costs_nothing() -> None:

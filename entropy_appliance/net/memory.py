@@ -10,8 +10,10 @@ of every arena back (``madvise``), at the cost of a walk over the free lists
 and a page fault when a page is used again.
 
 :class:`HeapTrim` therefore trims only after enough memory was let go, and
-at most once per ``delay``: a burst of endings costs one trim.  Elsewhere
-than on glibc there is no ``malloc_trim`` and it does nothing.
+at most once per ``delay``: a burst of endings costs one trim.  A large job
+in a worker thread trims at its end instead (:meth:`HeapTrim.now`), in that
+thread: the next job may run in another thread, with an arena of its own.
+Elsewhere than on glibc there is no ``malloc_trim`` and it does nothing.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ class HeapTrim:
         self._released += n
         if self._released >= self._threshold and self._call is None:
             self._call = self._clock.callLater(self._delay, self._run)
+
+    def now(self) -> bool:
+        """Trim at once, from any thread; True if memory was given back."""
+        return self._trim()
 
     def _run(self) -> None:
         self._call = None
