@@ -210,13 +210,14 @@ def test_parts_that_fall_short_of_the_length_are_an_error() -> None:
 # -- pieces the socket takes ------------------------------------------------------
 
 
-def pieces(queue: list[int | None], chunk: int = CHUNK_SIZE) -> list[int]:
+def pieces(queue: list[int | None], chunk: int = CHUNK_SIZE, buffer: int = 512 << 10) -> list[int]:
     """
-    The sizes a pull writer writes while its send queue (of 4 MiB) holds
-    ``queue`` bytes, one reading per ask.
+    The sizes a pull writer writes while its send queue (of ``buffer``
+    bytes) holds ``queue`` bytes, one reading per ask.  (With a buffer below
+    three chunks the queue is read at every ask.)
     """
     transport = Recorder()
-    readings = iter(None if q is None else (q, 4 << 20) for q in queue)
+    readings = iter(None if q is None else (q, buffer) for q in queue)
     w = writer(transport, None, chunk_size=chunk, queued=lambda: next(readings))
     sizes: list[int] = []
     original = transport.write
@@ -233,10 +234,31 @@ def test_the_piece_doubles_while_the_reader_keeps_up() -> None:
 
 
 def test_the_piece_halves_while_the_send_queue_grows() -> None:
-    full = 2 << 20
+    full = 512 << 10
     sizes = pieces([0, 0, 0, 0, full, full, full, full, full, 0])
     assert sizes == [32768, 65536, 131072, 262144, 131072, 65536, 32768, MIN_PIECE, MIN_PIECE,
                      32768]
+
+
+def test_at_full_chunks_the_queue_is_read_before_it_could_fill() -> None:
+    transport = Recorder()
+    buffer = 4 << 20
+    readings: list[int] = []
+
+    def queued() -> tuple[int, int]:
+        readings.append(len(transport.value()))
+        return 0, buffer
+
+    w = writer(transport, None, chunk_size=CHUNK_SIZE, queued=queued)
+    w.start()
+    for _ in range(40):
+        w.resumeProducing()
+    # Read at each step of the ramp, then once every 8 chunks: never more
+    # than half the buffer written between two readings (which the kernel
+    # counts as up to three quarters).
+    assert len(readings) == 4 + 4
+    gaps = [b - a for a, b in zip(readings[3:], readings[4:], strict=False)]
+    assert gaps and all(gap <= buffer // 2 for gap in gaps)
 
 
 def test_a_small_send_buffer_counts_as_full_sooner() -> None:
