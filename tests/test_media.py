@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.web.test.requesthelper import DummyRequest
 
 from entropy_appliance.core.costs import PeerCosts
 from entropy_appliance.core.drbg import CtrDrbg
@@ -715,3 +716,40 @@ def test_the_options_set_the_budgets(tmp_path: Any, monkeypatch: pytest.MonkeyPa
                           (["--peer-media-rate", "lots"], "is not a size")]:
         with pytest.raises(UsageError, match=message):
             parse_config(args)
+
+
+def test_a_body_that_waits_for_its_reader_is_not_timed_out_by_the_queue() -> None:
+    clock = Clock()
+    web, _ = make_web(seeded_pool(clock), clock=clock)
+    request = DummyRequest([b""])
+    request.method = b"GET"
+    request.args = {b"seconds": [b"10"]}
+
+    class SlowConsumer:
+        """Pauses the body after each write, as a full transport does."""
+
+        def __init__(self) -> None:
+            self.producer: Any = None
+
+        def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
+            self.producer = producer
+
+    consumer = SlowConsumer()
+    request.registerProducer = consumer.registerProducer  # type: ignore[method-assign]
+    original = request.write
+
+    def write_then_pause(data: bytes) -> None:
+        original(data)
+        consumer.producer.pauseProducing()
+
+    request.write = write_then_pause  # type: ignore[method-assign]
+    done = web.media.sound_noise(request)
+    assert isinstance(done, Deferred) and not done.called
+    # The work was done inline and its place given back; the body waits for
+    # its reader, however long, without a 503 from the queue's deadline.
+    assert web.media.gate.running == 0 and clock.getDelayedCalls() == []
+    clock.advance(60)
+    assert not done.called
+    while not done.called:
+        consumer.producer.resumeProducing()
+    assert b"".join(request.written)[:4] == b"RIFF"

@@ -289,6 +289,7 @@ class _Costly:
         self._withdraw: Callable[[], None] | None = None
         self._timer: IDelayedCall | None = None
         self._holding = False
+        self._placed_once = False
         self._gone = False
         self._failures: list[FailClosed] = []
         self._unwatch: Callable[[], None] | None = None
@@ -306,7 +307,7 @@ class _Costly:
                 f"the appliance is making as many images and sounds as it can ({limits.jobs} at "
                 f"once, {limits.queue} more waiting); retry after the number of seconds in "
                 "Retry-After", limits.queue_wait))
-        elif not self._holding and not self._done.called:
+        elif not self._placed_once:
             self._withdraw = withdraw
             self._timer = media.host.clock.callLater(limits.queue_wait, self._timed_out)
         return self._done
@@ -323,7 +324,7 @@ class _Costly:
             limits.queue_wait))
 
     def _placed(self) -> None:
-        self._holding = True
+        self._placed_once = self._holding = True
         self._withdraw = None
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
@@ -401,10 +402,11 @@ _TOO_BIG = f"width or height above {rendering.MAX_SIZE} pixels."
 _FAILS_CLOSED = "The entropy core fails closed (health failure or no seed); retry later."
 _TOO_MANY = ("This client (an IPv4 address, or an IPv6 /64) is past --peer-rate requests per "
              "second, or past its budget of image and sound work (--peer-media-rate; or "
-             "already has 4 of them in flight); retry after Retry-After seconds.")
+             f"already has {MediaLimits.peer_in_flight} of them in flight); retry after "
+             "Retry-After seconds.")
 _BUSY = ("The appliance fails closed (health failure or no seed), or it is making as many "
          "images and sounds as it can (--media-jobs at once) and this request waited its "
-         "turn for 5 s; retry after Retry-After seconds.")
+         f"turn for {MediaLimits.queue_wait:g} s; retry after Retry-After seconds.")
 
 _EVENT_SCHEMA: dict[str, Any] = {
     "type": "object",
