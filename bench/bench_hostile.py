@@ -79,7 +79,7 @@ import h2.errors  # noqa: E402
 import h2.exceptions  # noqa: E402
 from hyperframe.frame import ContinuationFrame, GoAwayFrame, HeadersFrame, PingFrame  # noqa: E402
 
-from tests.test_e2e_hostile_h2 import BAD_FRAME, BIG_WINDOW, H2Client, frames  # noqa: E402
+from tests.test_e2e_hostile_h2 import BAD_FRAME, BIG_WINDOW, H2Client, frames, reset_mid_body  # noqa: E402
 from tests.test_e2e_hostile_http import HEALTH, POLLEN, h2_post, open_many  # noqa: E402
 from tests.twistd_helpers import Appliance, start_appliance  # noqa: E402
 
@@ -584,14 +584,7 @@ def attack_resets(app: Appliance, until: float, ns: argparse.Namespace) -> str:
             calm += h2.errors.ErrorCodes.ENHANCE_YOUR_CALM in flood.goaways
             flood.close()
             c = H2Client(app, window=BIG_WINDOW)
-            for _ in range(5):
-                ids = [c.get("/v1/random?bytes=3000000&format=hex") for _ in range(5)]
-                c.flush()
-                c.read(0.1, limit=200_000)
-                for sid in ids:
-                    with contextlib.suppress(h2.exceptions.StreamClosedError):
-                        c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-                c.flush()
+            reset_mid_body(c, rounds=5)
             bad = c.get("/%ff%fe")
             c.flush()
             deadline = time.monotonic() + 2

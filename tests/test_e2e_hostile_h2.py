@@ -338,6 +338,18 @@ def test_the_idle_timeout_counts_progress_not_pings_continuations_or_stalled_win
 # -- row 7: no tracebacks ---------------------------------------------------------------
 
 
+def reset_mid_body(c: H2Client, rounds: int) -> None:
+    """Streams reset while their bodies are being written: five large downloads a round."""
+    for _ in range(rounds):
+        ids = [c.get("/v1/random?bytes=3000000&format=hex") for _ in range(5)]
+        c.flush()
+        c.read(0.1, limit=200_000)
+        for sid in ids:
+            with contextlib.suppress(h2.exceptions.StreamClosedError):
+                c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
+        c.flush()
+
+
 def test_resets_and_unreadable_paths_leave_no_traceback(tmp_path: Path) -> None:
     with appliance(tmp_path, "--peer-rate", "0") as app:
         rss, fds = app.rss_kib(), fd_count(app)
@@ -356,14 +368,7 @@ def test_resets_and_unreadable_paths_leave_no_traceback(tmp_path: Path) -> None:
 
         # Streams reset while their bodies are written, in rounds.
         c = H2Client(app, window=BIG_WINDOW)
-        for _ in range(20):
-            ids = [c.get("/v1/random?bytes=3000000&format=hex") for _ in range(5)]
-            c.flush()
-            c.read(0.1, limit=200_000)
-            for sid in ids:
-                with contextlib.suppress(h2.exceptions.StreamClosedError):
-                    c.conn.reset_stream(sid, h2.errors.ErrorCodes.CANCEL)
-            c.flush()
+        reset_mid_body(c, rounds=20)
         # A path that is not UTF-8 once decoded; then the connection still serves.
         bad = c.get("/%ff%fe")
         small = c.get("/v1/random?bytes=10")

@@ -232,6 +232,15 @@ def h2_post(app: Appliance, content_length: int, total: int) -> tuple[bool, int 
         reset = False
         sent = 0
         s.settimeout(10)
+
+        def take(data: bytes) -> None:
+            nonlocal status, reset
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.StreamReset):
+                    reset = True
+                elif isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+
         while sent < total and not reset and status is None:
             n = min(16384, total - sent, conn.local_flow_control_window(1))
             if n > 0:
@@ -243,21 +252,13 @@ def h2_post(app: Appliance, content_length: int, total: int) -> tuple[bool, int 
                 data = s.recv(65536)
                 if not data:
                     break
-                for event in conn.receive_data(data):
-                    if isinstance(event, h2.events.StreamReset):
-                        reset = True
-                    elif isinstance(event, h2.events.ResponseReceived):
-                        status = int(dict(event.headers)[b":status"])
+                take(data)
                 s.sendall(conn.data_to_send())
         while status is None and not reset:
             data = s.recv(65536)
             if not data:
                 break
-            for event in conn.receive_data(data):
-                if isinstance(event, h2.events.StreamReset):
-                    reset = True
-                elif isinstance(event, h2.events.ResponseReceived):
-                    status = int(dict(event.headers)[b":status"])
+            take(data)
         assert sent < total or status is not None or reset
         return reset, status
 
