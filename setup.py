@@ -38,6 +38,10 @@ setup(
             "mypy-zope>=1.0",
             "playwright>=1.45",
             "schemathesis>=4.32,<5",
+            # Real clients of the ANU and RANDOM.ORG compatible APIs (numpy: quantumrandom.uint16).
+            "quantumrandom==1.9.0",
+            "rdoclient==1.5.0",
+            "numpy>=1.26",
         ],
     },
     entry_points={

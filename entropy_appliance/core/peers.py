@@ -126,6 +126,11 @@ class TokenBucket:
         self._refill(now)
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
 
+    def peek(self, now: float) -> float:
+        """Tokens held now (negative: in debt), taking none."""
+        self._refill(now)
+        return self.tokens
+
     def full(self, now: float) -> bool:
         """True when the bucket is as if it had never been used."""
         self._refill(now)
@@ -174,6 +179,17 @@ class PeerRateLimiter:
         """How many peers are remembered (for tests and status)."""
         return len(self._buckets)
 
+    def left(self, peer: str) -> tuple[int, float]:
+        """
+        Requests ``peer`` may still make at once, and the seconds until it
+        may make the next one (0: now), counting nothing.
+        """
+        now = self._clock.seconds()
+        bucket = self._buckets.bucket(peer, now)
+        tokens = bucket.peek(now)
+        wait = 0.0 if tokens >= 1 else (1 - tokens) / bucket.rate
+        return max(0, int(tokens)), wait
+
 
 class PeerConnections:
     """At most ``limit`` concurrent connections per peer."""
@@ -219,6 +235,11 @@ class PeerBandwidth:
         """Count ``n`` bytes sent to ``peer``; return how long it must now wait (0: none)."""
         now = self._clock.seconds()
         return self._buckets.bucket(peer, now).spend(now, n)
+
+    def left(self, peer: str) -> int:
+        """Bytes ``peer`` may be sent now before it is held back (0 while in debt)."""
+        now = self._clock.seconds()
+        return max(0, int(self._buckets.bucket(peer, now).peek(now)))
 
     def wait(self, peer: str) -> float:
         """Seconds until ``peer`` may be sent more (0: now)."""

@@ -16,6 +16,8 @@ import hashlib
 import os
 from dataclasses import dataclass
 
+from entropy_appliance.core.keyfile import KeyFileError, create_key_file, read_key_file
+
 __all__ = [
     "OnionKey",
     "OnionKeyError",
@@ -185,10 +187,9 @@ def parse_key(data: bytes) -> OnionKey:
 def load_key(path: str) -> OnionKey:
     """Read and check the key at ``path``; :class:`OnionKeyError` if unusable."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(4096)
-    except OSError as e:
-        raise OnionKeyError(f"cannot read onion key {path}: {e.strerror}") from None
+        data = read_key_file(path, "onion key", 4096)
+    except KeyFileError as e:
+        raise OnionKeyError(str(e)) from None
     try:
         return parse_key(data)
     except OnionKeyError as e:
@@ -206,31 +207,11 @@ def load_or_create_key(path: str) -> tuple[OnionKey, bool]:
     """
     if os.path.lexists(path):
         return load_key(path), False
-    parent = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(parent, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise OnionKeyError(f"cannot create directory {parent} for the onion key: {e.strerror}") from None
     key = OnionKey.generate()
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, key.file_bytes())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # link() fails if the name exists, so a concurrent first run cannot
-        # overwrite a key that another process has just written.
-        os.link(tmp, path)
-    except FileExistsError:
+        created = create_key_file(path, key.file_bytes(), "onion key")
+    except KeyFileError as e:
+        raise OnionKeyError(str(e)) from None
+    if not created:
         return load_key(path), False
-    except OSError as e:
-        raise OnionKeyError(f"cannot write onion key {path}: {e.strerror}") from None
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
     return key, True
-

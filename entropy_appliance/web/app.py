@@ -50,7 +50,15 @@ from entropy_appliance.core.pool import FailClosed, PoolState, SeedPool
 from entropy_appliance.net.waiting import when_ready
 from entropy_appliance.web import openapi, params, problems
 from entropy_appliance.web.channel import fast_channel_protocol
-from entropy_appliance.web.formats import DEFAULT_FORMAT, FORMATS, Format
+from entropy_appliance.web.compat import (
+    AnuWeb,
+    CompatConfig,
+    PeerBudget,
+    RandomOrgWeb,
+    SigningKey,
+    randomorg,
+)
+from entropy_appliance.web.formats import DEFAULT_FORMAT, FORMATS, Format, uniform_integers
 from entropy_appliance.web.media import MediaWeb
 from entropy_appliance.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from entropy_appliance.web.metrics import WebMetrics
@@ -88,41 +96,24 @@ RANDOM_PATHS = frozenset({
 })
 
 
-def draws_random(request: Request) -> bool:
-    """Whether answering ``request`` takes DRBG output."""
+#: The paths of the compatible APIs whose answers draw random bytes.
+COMPAT_RANDOM_PATHS = {
+    "anu": frozenset({b"/API/jsonI.php", b"/anu", b"/anu/"}),
+    "randomorg": frozenset({b"/json-rpc/4/invoke"}),
+}
+
+#: The path prefixes of each compatible API, which its own app answers.
+COMPAT_PREFIXES = {"anu": (b"/API/", b"/anu"), "randomorg": (b"/json-rpc/",)}
+
+
+def draws_random(request: Request, paths: frozenset[bytes] = RANDOM_PATHS) -> bool:
+    """Whether answering ``request`` takes DRBG output (``paths``: those that always do)."""
     path = request.path
     if path == b"/":
         return request.method == b"POST" or b"challenge" in (request.args or {})
-    return path in RANDOM_PATHS
+    return path in paths
 
 JSON = b"application/json"
-_U64 = 1 << 64
-
-
-def uniform_integers(random_bytes: Callable[[int], bytes], count: int, lo: int, hi: int) -> list[int]:
-    """
-    ``count`` integers uniform in [lo, hi], by rejection sampling of 64-bit
-    draws, so that no value is favoured by a modulo (``hi - lo < 2**63``).
-    """
-    span = hi - lo + 1
-    limit = _U64 - _U64 % span
-    out: list[int] = []
-    # Rejection happens with probability span / 2**64 <= 1/8 here, so a few
-    # rounds always suffice; the bound only guards against a broken source.
-    for _ in range(64):
-        need = count - len(out)
-        if need <= 0:
-            break
-        draws = need + need // 4 + 1
-        raw = random_bytes(8 * draws)
-        for v in struct.unpack(f">{draws}Q", raw):
-            if v < limit:
-                out.append(lo + v % span)
-                if len(out) == count:
-                    break
-    if len(out) < count:
-        raise RuntimeError("rejection sampling did not converge")
-    return out
 
 
 class EntropySite(Site):
@@ -208,8 +199,9 @@ class FrontResource(Resource):
 
     def __init__(self, rest: Any, observe: Callable[[Request], None],
                  pool: SeedPool | None = None, clock: IReactorTime | None = None,
-                 seed_wait: float = 0.0) -> None:
+                 seed_wait: float = 0.0, random_paths: frozenset[bytes] = RANDOM_PATHS) -> None:
         super().__init__()
+        self._random_paths = random_paths
         self._rest = rest
         self._observe = observe
         self._pool = pool
@@ -220,7 +212,7 @@ class FrontResource(Resource):
         """Answer now, or once seeded if the pool is starved and the answer is random."""
         pool = self._pool
         if (pool is not None and self._clock is not None and self._seed_wait > 0
-                and draws_random(request) and not pool.ready()
+                and draws_random(request, self._random_paths) and not pool.ready()
                 and pool.state is PoolState.STARVED):
             return self._render_when_seeded(request, pool, self._clock)
         return self._render_now(request)
@@ -268,7 +260,15 @@ class EntropyWeb:
     # Registered before the problem handlers, so that it is the one that runs.
     @app.handle_errors(RoutingNotFound)
     def _mounted(self, request: IRequest, failure: Failure) -> IResource:
-        """A path no route here knows is the media app's (which answers 404 if it has none)."""
+        """
+        A path no route here knows is a compatible API's, under its prefix,
+        or else the media app's (which answers 404 if it has none).
+        """
+        path = request.path
+        for name, prefixes in COMPAT_PREFIXES.items():
+            mounted = self.compat_apps.get(name)
+            if mounted is not None and path.startswith(prefixes):
+                return mounted.app.resource()
         return self.media.app.resource()
 
     problems.install(app)
@@ -283,6 +283,9 @@ class EntropyWeb:
         status_extras: Mapping[str, Callable[[], Any]] | None = None,
         max_bytes: int = DEFAULT_MAX_BYTES,
         seed_wait: float = DEFAULT_SEED_WAIT,
+        compat: CompatConfig | None = None,
+        signing: SigningKey | None = None,
+        budget: PeerBudget | None = None,
     ) -> None:
         if max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
@@ -301,13 +304,25 @@ class EntropyWeb:
             "static/index.html").read_bytes()
         self._routes: frozenset[str] | None = None
         self.media = MediaWeb(self)
+        self.compat = compat = compat or CompatConfig()
+        #: The compatible APIs that are on, by name (see ``--compat``).
+        self.compat_apps: dict[str, AnuWeb | RandomOrgWeb] = {}
+        if "anu" in compat.apis:
+            self.compat_apps["anu"] = AnuWeb(self, compat.keys)
+        if "randomorg" in compat.apis:
+            self.compat_apps["randomorg"] = RandomOrgWeb(self, compat.keys, signing, budget)
+        self._random_paths = RANDOM_PATHS.union(*(COMPAT_RANDOM_PATHS[n] for n in self.compat_apps))
+
+    def klein_apps(self) -> list[Klein]:
+        """The Klein apps of every route served: this one, the media app, the compatible APIs."""
+        return [self.app, self.media.app, *(a.app for a in self.compat_apps.values())]
 
     # -- wiring ---------------------------------------------------------------
 
     def resource(self) -> Any:
         """The root resource: the seed wait and the metrics in front of Klein."""
         return FrontResource(self.app.resource(), self.observe, self.pool, self.clock,
-                             self.seed_wait)
+                             self.seed_wait, self._random_paths)
 
     def site(self, h2: bool = True, prefer_h2: bool = False, **kwargs: Any) -> Site:
         """
@@ -324,9 +339,11 @@ class EntropyWeb:
     def observe(self, request: Any) -> None:
         """Count one finished request by route (known paths only), method and status."""
         if self._routes is None:
-            self._routes = frozenset(r.rule for app in (self.app, self.media.app)
+            self._routes = frozenset(r.rule for app in self.klein_apps()
                                      for r in app.url_map.iter_rules())
         path = request.path.decode("utf-8", "replace")
+        if path not in self._routes and path + "/" in self._routes:
+            path += "/"  # a rule without strict slashes, such as /anu/
         route = path if path in self._routes else "other"
         method = request.method.decode("ascii", "replace")
         if method not in ("GET", "HEAD", "POST"):
@@ -543,6 +560,7 @@ class EntropyWeb:
                        ok=openapi.ok("OpenAPI 3.1 document.", {"application/json": {"type": "object"}}))
     def openapi_route(self, request: Request) -> bytes:
         """The OpenAPI 3.1 document of this instance, from the routes' own descriptions."""
-        doc = openapi.build_document([self.app, self.media.app],
-                                     openapi.OpenAPIContext(self.version, self.max_bytes))
+        schemas = randomorg.SCHEMAS if "randomorg" in self.compat_apps else {}
+        doc = openapi.build_document(self.klein_apps(),
+                                     openapi.OpenAPIContext(self.version, self.max_bytes), schemas)
         return self._json(request, doc)

@@ -1,5 +1,6 @@
 """
-Output formats of ``/v1/random``, as incremental encoders.
+Output formats of ``/v1/random``, as incremental encoders, and unbiased
+integers by rejection sampling (``/v1/integers`` and the compatible APIs).
 
 Every format knows its exact ``Content-Length`` for ``n`` raw bytes before a
 byte is generated, and encodes chunk by chunk, so a streamed body and a
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Format", "FORMATS", "DEFAULT_FORMAT"]
+__all__ = ["Format", "FORMATS", "DEFAULT_FORMAT", "uniform_integers"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +72,31 @@ FORMATS: dict[str, Format] = {
 }
 
 DEFAULT_FORMAT = "binary"
+
+_U64 = 1 << 64
+
+
+def uniform_integers(random_bytes: Callable[[int], bytes], count: int, lo: int, hi: int) -> list[int]:
+    """
+    ``count`` integers uniform in [lo, hi], by rejection sampling of 64-bit
+    draws, so that no value is favoured by a modulo (``hi - lo < 2**63``).
+    """
+    span = hi - lo + 1
+    limit = _U64 - _U64 % span
+    out: list[int] = []
+    # Rejection happens with probability span / 2**64 <= 1/8 here, so a few
+    # rounds always suffice; the bound only guards against a broken source.
+    for _ in range(64):
+        need = count - len(out)
+        if need <= 0:
+            break
+        draws = need + need // 4 + 1
+        raw = random_bytes(8 * draws)
+        for v in struct.unpack(f">{draws}Q", raw):
+            if v < limit:
+                out.append(lo + v % span)
+                if len(out) == count:
+                    break
+    if len(out) < count:
+        raise RuntimeError("rejection sampling did not converge")
+    return out

@@ -201,8 +201,9 @@ def operations(app: Any) -> Iterator[tuple[Any, dict[str, Operation]]]:
 _CONVERTER = re.compile(r"<(?:[^<>:]+:)?([^<>]+)>")
 
 
-def build_document(apps: Iterable[Any], ctx: OpenAPIContext) -> dict[str, Any]:
-    """The whole OpenAPI 3.1 document of the routes of the Klein ``apps``."""
+def build_document(apps: Iterable[Any], ctx: OpenAPIContext,
+                   schemas: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The whole OpenAPI 3.1 document of the routes of the Klein ``apps`` (``schemas``: more components)."""
     paths: dict[str, Any] = {}
     for app in apps:
         for rule, ops in operations(app):
@@ -219,7 +220,7 @@ def build_document(apps: Iterable[Any], ctx: OpenAPIContext) -> dict[str, Any]:
                 "application/problem+json."),
         },
         "paths": paths,
-        "components": {"schemas": dict(SCHEMAS)},
+        "components": {"schemas": {**SCHEMAS, **(schemas or {})}},
     }
 
 
