@@ -104,12 +104,23 @@ def test_single_process_listens_on_every_endpoint_with_one_site() -> None:
 
 def test_none_turns_surfaces_off() -> None:
     reactor = MemoryReactorClock()
-    tree = makeService(config("--stream", "none", "--http", "tcp:18080", "--https", "none"),
-                       reactor=reactor)
+    tree = makeService(config("--stream", "none", "--http", "tcp:18080", "--https", "none",
+                              "--compat", "none"), reactor=reactor)
     (listener,) = tree.phase("listeners")
     listener.privilegedStartService()
     assert [p for p, *_ in reactor.tcpServers] == [18080] and reactor.sslServers == []
+    # No TLS pair, and no signing key for a RANDOM.ORG API that is off.
     assert not Path("certs").exists()
+
+
+def test_the_signing_key_is_made_once_and_kept(tmp_path: Path) -> None:
+    key = tmp_path / "keys" / "signing.pem"
+    args = ("--stream", "none", "--http", "tcp:18080", "--https", "none", "--signing-key", str(key))
+    makeService(config(*args), reactor=MemoryReactorClock())
+    assert key.stat().st_mode & 0o777 == 0o600
+    first = key.read_bytes()
+    makeService(config(*args), reactor=MemoryReactorClock())
+    assert key.read_bytes() == first
 
 
 def test_stop_closes_listeners_drains_then_stops_the_pipeline() -> None:

@@ -189,7 +189,8 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
         status_extras["onion"] = onion.status
     web = EntropyWeb(pool, reactor, listeners=[*config.http, *config.https],
                      max_bytes=config.max_bytes, status_extras=status_extras or None,
-                     seed_wait=config.seed_wait)
+                     seed_wait=config.seed_wait, compat=config.compat,
+                     signing=_signing_key(config), budget=_peer_budget(guard))
     web.media.limit(config.media)
     site = web.site(h2=config.tls.h2, prefer_h2=config.tls.prefer_h2,
                     timeout=config.peers.idle_timeout or None)
@@ -200,6 +201,27 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
     contexts = _tls_contexts(config)
     tree.add("signals", ReloadService(reactor, _unique(c for _, c in contexts)), "reload")
     return Serving(stream=guard.wrap_stream(stream_factory), http=http, tls=contexts)
+
+
+def _signing_key(config: Config) -> Any:
+    """The key of RANDOM.ORG's signed methods, created on first run; None when that API is off."""
+    if "randomorg" not in config.compat.apis:
+        return None
+    from entropy_appliance.web.compat import load_or_create_signing_key
+
+    path = config.compat.signing_key
+    key, created = load_or_create_signing_key(path)
+    if created:
+        _log.warn("created a new signing key {path} (RSA, mode 0600); back it up: signed answers "
+                  "verify only with it", path=path)
+    return key
+
+
+def _peer_budget(guard: PeerGuard) -> Any:
+    """The per-peer budgets RANDOM.ORG's API reports: --peer-rate and --peer-bandwidth."""
+    from entropy_appliance.web.compat import PeerBudget
+
+    return PeerBudget(guard.rate, guard.throttle.bandwidth if guard.throttle is not None else None)
 
 
 def _onion_service(config: Config, reactor: Any, targets: dict[str, Any]) -> OnionService | None:

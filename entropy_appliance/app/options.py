@@ -37,6 +37,14 @@ from entropy_appliance.core.units import parse_size
 from entropy_appliance.net import tls
 from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, SourceSpec, parse_source
 from entropy_appliance.web.app import DEFAULT_MAX_BYTES, DEFAULT_SEED_WAIT
+from entropy_appliance.web.compat.keys import (
+    APIS,
+    ApiKeys,
+    ApiKeysError,
+    CompatConfig,
+    load_api_keys,
+    parse_apis,
+)
 from entropy_appliance.web.limits import HTTPLimits
 from entropy_appliance.web.media import MediaLimits
 
@@ -104,6 +112,7 @@ _POLICY = ReseedPolicy()
 _PEERS = PeerPolicy()
 _HTTP = HTTPLimits()
 _MEDIA = MediaLimits()
+_COMPAT = CompatConfig()
 
 #: Every option of the appliance, with its default: the one place a default is written.
 SETTINGS: tuple[Setting, ...] = (
@@ -160,6 +169,16 @@ SETTINGS: tuple[Setting, ...] = (
             "With a launched tor: its data directory (default: a temporary one, removed on exit)."),
     Setting("tor-config", None,
             "With a launched tor: a torrc file included after our own lines (bridges, proxies, ...)."),
+    Setting("compat", ",".join(APIS),
+            "Drop-in APIs of public randomness services to serve, comma-separated: anu (ANU QRNG, "
+            "/API/jsonI.php and /anu/), randomorg (RANDOM.ORG JSON-RPC release 4, /json-rpc/4/), "
+            "all, or none."),
+    Setting("api-keys", None,
+            "File of API keys, one per line (# comments): when given, the ANU x-api-key header and "
+            "the RANDOM.ORG apiKey must be one of them. Without it any key is accepted."),
+    Setting("signing-key", _COMPAT.signing_key,
+            "RSA key that signs RANDOM.ORG's generateSigned* answers (PEM; created mode 0600 if "
+            "missing, never replaced). Its public half is served at /json-rpc/4/public-key.pem."),
     Setting("shutdown-timeout", f"{DEFAULT_SHUTDOWN_TIMEOUT:g}",
             "On SIGTERM/SIGINT, seconds that HTTP responses in flight get to finish."),
     Setting("peer-streams", str(_PEERS.streams),
@@ -266,6 +285,7 @@ class Config:
     argv: tuple[str, ...] = ()
     http_limits: HTTPLimits = HTTPLimits()
     media: MediaLimits = MediaLimits()
+    compat: CompatConfig = CompatConfig()
 
     @property
     def role(self) -> Role:
@@ -364,12 +384,13 @@ class Options(EnvironmentOptions):
         shutdown_timeout, peers = self._limits()
         http_limits = self._http_limits()
         media = self._media()
+        compat = self._compat()
         self.config = Config(
             source=source, min_entropy=min_entropy, alpha=alpha, policy=policy, seed_wait=seed_wait,
             stream=stream, http=http, https=https, tls=tls_config, max_bytes=max_bytes,
             peers=peers, shutdown_timeout=shutdown_timeout, workers=self._workers(),
             worker=worker, onion=onion, argv=tuple(self.argv), http_limits=http_limits,
-            media=media,
+            media=media, compat=compat,
         )
 
     # -- one check per concern -------------------------------------------------
@@ -501,6 +522,28 @@ class Options(EnvironmentOptions):
         rate = self._ranged("peer-media-rate", 0, 2 ** 40, "must be between 0 (no limit) and 1T",
                             value=self._size("peer-media-rate"))
         return MediaLimits(jobs=int(jobs), peer_rate=int(rate))
+
+    def _compat(self) -> CompatConfig:
+        """``--compat``, ``--api-keys`` and ``--signing-key`` (read if it exists, else made at startup)."""
+        try:
+            apis = parse_apis(str(self["compat"]))
+        except ValueError as e:
+            raise usage.UsageError(f"--compat: {e}") from None
+        keys = ApiKeys()
+        if self["api-keys"] is not None:
+            try:
+                keys = load_api_keys(self["api-keys"])
+            except ApiKeysError as e:
+                raise usage.UsageError(f"--api-keys: {e}") from None
+        signing_key = self["signing-key"]
+        if "randomorg" in apis and os.path.lexists(signing_key):
+            from entropy_appliance.web.compat.signing import SigningKeyError, load_signing_key
+
+            try:
+                load_signing_key(signing_key)
+            except SigningKeyError as e:
+                raise usage.UsageError(f"--signing-key: {e}") from None
+        return CompatConfig(apis=apis, keys=keys, signing_key=signing_key)
 
     def _workers(self) -> int:
         text = str(self["workers"]).strip().lower()

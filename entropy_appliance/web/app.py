@@ -30,7 +30,6 @@ No route reads ``os.urandom``: every random byte comes from
 from __future__ import annotations
 
 import json
-import struct
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from importlib import resources

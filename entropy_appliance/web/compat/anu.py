@@ -29,6 +29,7 @@ from typing import Any
 
 from klein import Klein
 from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
 from twisted.web.server import Request
 
 from entropy_appliance.core.pool import FailClosed
@@ -124,10 +125,11 @@ class AnuWeb:
     app = Klein()
 
     @app.handle_errors(AnuError)
-    def _anu_error(self, request: Request, failure: Failure) -> bytes:
+    def _anu_error(self, request: IRequest, failure: Failure) -> bytes:
         e = failure.value
         assert isinstance(e, AnuError)
         headers = {} if e.retry_after is None else {b"Retry-After": retry_after_header(e.retry_after)}
+        assert isinstance(request, Request)
         return write_json(request, e.body, e.status, headers)
 
     problems.install(app)

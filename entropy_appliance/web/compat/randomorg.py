@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from klein import Klein
-from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from entropy_appliance.core.peers import peer_key
