@@ -181,6 +181,18 @@ def test_health() -> None:
     assert header(resp, "Retry-After")
 
 
+def test_health_carries_drands_members() -> None:
+    """A monitor written for drand reads current < expected as unhealthy, current == expected as healthy."""
+    web, stub = make_web()
+    doc = json.loads(call(stub, "GET", "http://a/health")[1])
+    assert doc["current"] == doc["expected"] == web.pool.status().drbg.reseeds >= 1
+    _, stub = make_web(failed_pool())
+    resp, body = call(stub, "GET", "http://a/health")
+    doc = json.loads(body)
+    assert resp.code == 503 and header(resp, "Content-Type") == "application/problem+json"
+    assert doc["current"] == 0 and doc["expected"] == 1
+
+
 def test_landing_page_links_routes() -> None:
     _, stub = make_web()
     resp, body = call(stub, "GET", "https://a/")

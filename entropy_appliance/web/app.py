@@ -516,8 +516,14 @@ class EntropyWeb:
 
     @app.route("/health", methods=["GET"])
     @openapi.operation(
-        "getHealth", "For load balancers: 200 while random bytes are served, or while starved "
-                     "for no longer than --seed-wait; 503 when failed or starved longer.",
+        "getHealth", "For load balancers and monitors: 200 while random bytes are served, or "
+                     "while starved for no longer than --seed-wait; 503 when failed or starved "
+                     "longer.",
+        description=(
+            "The body carries drand's health members as well: current, the DRBG reseeds done, "
+            "and expected, the reseeds that should be done by now (current + 1 while a due "
+            "reseed cannot be done). A monitor written for drand reads current < expected as "
+            "unhealthy; the status code says the same."),
         ok=openapi.ok("Serving (ok), or briefly starved.",
                       {"application/json": {"$ref": "#/components/schemas/Health"}}),
         responses={"503": {"description": "Failed, or starved for longer than --seed-wait.",
@@ -530,15 +536,19 @@ class EntropyWeb:
         200 while random bytes are served, and while starved for no longer
         than a request would wait; 503 (problem+json) when the source has
         failed or the pool has been starved for longer than that, so that a
-        load balancer moves clients elsewhere.
+        load balancer moves clients elsewhere.  Both bodies carry drand's
+        ``current`` and ``expected`` (reseeds done, and due).
         """
         request.setHeader(b"Cache-Control", b"no-store")
         pool = self.pool
         state = pool.state
         starved_for = pool.starved_for()
+        reseeds = pool.status().drbg.reseeds
+        serving = state is PoolState.OK
         doc = {"state": state.value, "source": pool.source_name,
-               "reseed_age_seconds": pool.reseed_age(), "starved_seconds": starved_for}
-        if state is PoolState.OK or (state is PoolState.STARVED and starved_for <= self.seed_wait):
+               "reseed_age_seconds": pool.reseed_age(), "starved_seconds": starved_for,
+               "current": reseeds, "expected": reseeds if serving else reseeds + 1}
+        if serving or (state is PoolState.STARVED and starved_for <= self.seed_wait):
             return self._json(request, {"status": state.value, **doc})
         reason = pool.closed_reason or state.value
         if state is PoolState.STARVED:

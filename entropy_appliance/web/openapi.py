@@ -255,8 +255,13 @@ SCHEMAS: dict[str, Any] = {
     },
     "HealthState": {
         "type": "object",
-        "required": ["state", "source", "starved_seconds"],
+        "required": ["state", "source", "starved_seconds", "current", "expected"],
         "properties": {
+            "current": {"type": "integer", "minimum": 0,
+                        "description": "drand's member: the DRBG reseeds done."},
+            "expected": {"type": "integer", "minimum": 0,
+                         "description": "drand's member: the reseeds due by now; above current "
+                                        "while a due reseed cannot be done."},
             "state": {"type": "string", "enum": ["ok", "starved", "failed"]},
             "reason": {"type": ["string", "null"]},
             "source": {"type": "string"},
