@@ -194,7 +194,8 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
     web.media.limit(config.media)
     site = web.site(h2=config.tls.h2, prefer_h2=config.tls.prefer_h2,
                     timeout=config.peers.idle_timeout or None)
-    http = limit_site(site, guard, observe=web.observe, limits=config.http_limits)
+    http = limit_site(site, guard, observe=web.observe, limits=config.http_limits,
+                      refuse=web.too_many)
     if onion is not None:
         onion_targets["http"] = site
         tree.add("onion", onion, "onion")

@@ -335,6 +335,18 @@ class EntropyWeb:
         """What the Site's HTTP/1.1 channel answers itself, over this app's state."""
         return HotRoutes(self.pool, self.clock, self.metrics.observe, self.max_bytes)
 
+    def too_many(self, request: Request, wait: float) -> bytes | None:
+        """
+        The 429 of a request past ``--peer-rate`` in the error shape of the
+        compatible API it is for, or None (problem+json) for any other.
+        """
+        path = request.path
+        for name, prefixes in COMPAT_PREFIXES.items():
+            mounted = self.compat_apps.get(name)
+            if mounted is not None and path.startswith(prefixes):
+                return mounted.too_many(request, wait)
+        return None
+
     def observe(self, request: Any) -> None:
         """Count one finished request by route (known paths only), method and status."""
         if self._routes is None:

@@ -92,9 +92,12 @@ class RateLimitedResource(Resource):
 
     def __init__(self, wrapped: Resource, inflight: InFlight,
                  limiter: PeerRateLimiter | None = None,
-                 observe: Callable[[Request], None] | None = None) -> None:
+                 observe: Callable[[Request], None] | None = None,
+                 refuse: Callable[[Request, float], bytes | None] | None = None) -> None:
         super().__init__()
         self._wrapped = wrapped
+        #: Writes the 429 in the shape of an API that has its own (None: problem+json).
+        self._refuse = refuse
         #: The in-flight count, which the Site's fast path also joins.
         self.inflight = inflight
         self._limiter = limiter
@@ -105,9 +108,11 @@ class RateLimitedResource(Resource):
         if self._limiter is not None:
             wait = self._limiter.check(peer_key(request.getClientAddress()))
             if wait:
-                body = write_problem(request, TooManyRequests(
-                    "this client has made too many requests; slow down and retry after "
-                    "the number of seconds in Retry-After", wait))
+                body = self._refuse(request, wait) if self._refuse is not None else None
+                if body is None:
+                    body = write_problem(request, TooManyRequests(
+                        "this client has made too many requests; slow down and retry after "
+                        "the number of seconds in Retry-After", wait))
                 if self._observe is not None:
                     self._observe(request)
                 return body
@@ -278,16 +283,18 @@ class LimitedHTTPChannel(http.HTTPChannel):
 
 
 def limit_site(site: Any, guard: PeerGuard, observe: Callable[[Request], None] | None = None,
-               limits: HTTPLimits = HTTPLimits()) -> PeerLimitedFactory:
+               limits: HTTPLimits = HTTPLimits(),
+               refuse: Callable[[Request, float], bytes | None] | None = None) -> PeerLimitedFactory:
     """
     Put ``site`` behind the per-peer limits of ``guard``: its root behind
     ``--peer-rate`` and the in-flight count (``observe`` counts each 429 in
     the metrics), its request heads under ``--header-timeout``, its request
     bodies under ``--max-body`` and ``--body-timeout``, and its connections
     under ``--peer-connections``, the bandwidth and idle limits.  Returns
-    the factory to listen with.
+    the factory to listen with.  ``refuse`` writes the 429 of an API whose
+    errors have a shape of their own (see :class:`RateLimitedResource`).
     """
-    site.resource = RateLimitedResource(site.resource, guard.inflight, guard.rate, observe)
+    site.resource = RateLimitedResource(site.resource, guard.inflight, guard.rate, observe, refuse)
     site.header_timeout = guard.policy.header_timeout
     site.max_body = limits.max_body
     site.body_timeout = limits.body_timeout

@@ -101,8 +101,15 @@ _PARAMETERS: list[dict[str, Any]] = [
 ]
 
 
+_TOO_MANY = ("this client has made too many requests (--peer-rate); retry after the number of "
+             "seconds in Retry-After")
+
 #: The responses besides 200, in ANU's shape.
 _RESPONSES: dict[str, Any] = {
+    "429": {"description": "This client (an IPv4 address, or an IPv6 /64) is past --peer-rate "
+                           "requests per second; retry after Retry-After seconds.",
+            "headers": openapi.RETRY_AFTER,
+            "content": {"application/json": {"schema": _ERROR_SCHEMA}}},
         "400": {"description": "length, type or size missing, not an integer, or out of range.",
                 "content": {"application/json": {"schema": _ERROR_SCHEMA}}},
         "503": {"description": "The appliance fails closed (source failed, or starved longer "
@@ -137,6 +144,11 @@ class AnuWeb:
     def __init__(self, host: CompatHost, keys: ApiKeys | None = None) -> None:
         self.host = host
         self.keys = keys or ApiKeys()
+
+    def too_many(self, request: Request, wait: float) -> bytes:
+        """The 429 of a client past ``--peer-rate``, in ANU's shape."""
+        return write_json(request, {"success": False, "message": _TOO_MANY}, 429,
+                          {b"Retry-After": retry_after_header(wait)})
 
     def _check_key(self, request: Request) -> None:
         if not self.keys.checked:

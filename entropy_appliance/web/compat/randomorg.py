@@ -69,6 +69,7 @@ CODES: Mapping[int, str] = {
     -32602: "Invalid params",
     -32603: "Internal error",
     -32001: "Service unavailable: the appliance fails closed",
+    -32002: "Too many requests",
     200: "Parameter is malformed",
     201: "Parameter is not supported by this server",
     202: "Parameter is out of range",
@@ -330,7 +331,8 @@ class RandomOrgWeb:
                     **self._allowance(peer, include_delay=False),
                     "totalBits": self.total_bits, "totalRequests": self.total_requests}
         if method == "verifySignature":
-            p = _Params(params, frozenset({"random", "signature"}))
+            # No key is needed to check a signature; one that is sent is ignored.
+            p = _Params(params, frozenset({"random", "signature", "apiKey"}))
             random, signature = p.get("random"), p.get("signature")
             if not isinstance(random, dict):
                 raise RpcError(200, "Parameter 'random' is malformed: it must be the random object "
@@ -523,6 +525,13 @@ class RandomOrgWeb:
         return _Draw(data, {"n": n, "size": size, "format": fmt}, random.used)
 
 
+    def too_many(self, request: Request, wait: float) -> bytes:
+        """The 429 of a client past ``--peer-rate``: error -32002, ``Retry-After``."""
+        error = RpcError(-32002, "Too many requests: this client is past --peer-rate; retry after "
+                                 "the number of seconds in Retry-After", status=429)
+        return write_json(request, _error_response(None, error), 429,
+                          {b"Retry-After": retry_after_header(wait)})
+
     # -- routes ----------------------------------------------------------------------------
 
     @app.route(INVOKE, methods=["POST"])
@@ -548,6 +557,11 @@ class RandomOrgWeb:
                        "answered before the body is read."},
         responses={
             "400": {"description": "Not JSON (-32700), or not a JSON-RPC 2.0 request (-32600).",
+                    "content": {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/JsonRpcResponse"}}}},
+            "429": {"description": "This client is past --peer-rate requests per second: error "
+                                   "-32002; retry after Retry-After seconds.",
+                    "headers": openapi.RETRY_AFTER,
                     "content": {"application/json": {"schema": {
                         "$ref": "#/components/schemas/JsonRpcResponse"}}}},
             "503": {"description": "The appliance fails closed: error -32001.",
