@@ -1,4 +1,4 @@
-"""ANU QRNG's API in memory (StubTreq): both shapes, ANU's limits and error shape, keys, fail closed, starved."""
+"""ANU QRNG's API in memory (StubTreq): both shapes, limits, error shape, keys, fail closed, starved."""
 
 from __future__ import annotations
 

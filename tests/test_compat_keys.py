@@ -1,4 +1,4 @@
-"""``--compat``, ``--api-keys`` and ``--signing-key``: parsing, startup errors, and the key file kept like the onion key."""
+"""``--compat``, ``--api-keys``, ``--signing-key``: parsing, startup errors, the key file kept as the onion key."""
 
 from __future__ import annotations
 
