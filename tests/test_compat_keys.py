@@ -1,4 +1,4 @@
-"""``--compat``, ``--api-keys``, ``--signing-key``: parsing, startup errors, the key file kept as the onion key."""
+"""``--compat``, ``--api-keys``, ``--signing-key``: parsing, startup errors, the kept key file."""
 
 from __future__ import annotations
 
