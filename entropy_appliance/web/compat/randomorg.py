@@ -547,7 +547,9 @@ class RandomOrgWeb:
         request_body={"required": True, "content": {"application/json": {"schema": {
             "oneOf": [{"$ref": "#/components/schemas/JsonRpcRequest"},
                       {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
-                       "items": {"$ref": "#/components/schemas/JsonRpcRequest"}}]}}}},
+                       "description": "A batch: each element is answered, one that is not a "
+                                      "request object with its own -32600 error (JSON-RPC 2.0).",
+                       "items": {}}]}}}},
         ok=openapi.ok("The response, or the batch of responses.", {"application/json": {
             "anyOf": [{"$ref": "#/components/schemas/JsonRpcResponse"},
                       {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
