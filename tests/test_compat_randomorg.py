@@ -212,8 +212,10 @@ def test_batch() -> None:
     assert doc[1]["error"]["code"] == -32601 and doc[1]["id"] == "b"
     assert doc[2]["error"]["code"] == -32600 and doc[2]["id"] is None
     assert doc[3]["result"]["random"]["data"] == [5] and doc[3]["id"] == "c"
-    resp, doc = post(stub, [rpc("generateUUIDs", i, n=1) for i in range(MAX_BATCH + 1)])
-    assert resp.code == 400 and doc["error"]["code"] == -32600
+    resp, doc = post(stub, [rpc("generateUUIDs", i, n=1) for i in range(MAX_BATCH + 2)])
+    assert resp.code == 200 and [d["id"] for d in doc] == list(range(MAX_BATCH + 2))
+    assert all("result" in d for d in doc[:MAX_BATCH])
+    assert [d["error"]["code"] for d in doc[MAX_BATCH:]] == [-32003, -32003]
 
 
 def test_keys_are_checked_when_given() -> None:

@@ -152,3 +152,11 @@ def test_api_keys_are_checked(tmp_path: Path, rdo: Any, monkeypatch: pytest.Monk
 def test_a_missing_key_file_stops_the_start(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="api-keys"):
         start_appliance(tmp_path, *ARGS, "--api-keys", str(tmp_path / "missing"), timeout=15)
+
+
+def test_an_oversized_body_is_413(appliance: Appliance) -> None:
+    body = b"[" + b"1," * 40000 + b"1]"  # 80 KB, over the default --max-body of 64K
+    resp = requests.post(appliance.url("http", "/json-rpc/4/invoke"), data=body, timeout=10,
+                         headers={"Content-Type": "application/json"})
+    assert resp.status_code == 413
+    assert resp.headers["Content-Type"] == "application/problem+json"

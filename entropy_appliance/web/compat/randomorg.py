@@ -2,8 +2,9 @@
 RANDOM.ORG's JSON-RPC API, release 4, so that clients written for it (its
 own ``rdoclient`` among them) only change their endpoint.
 
-``POST /json-rpc/4/invoke`` takes a JSON-RPC 2.0 request, or a batch of at
-most :data:`MAX_BATCH` of them, and answers the basic methods
+``POST /json-rpc/4/invoke`` takes a JSON-RPC 2.0 request, or a batch of
+them (the first :data:`MAX_BATCH` are made, any after them answered with
+error -32003), and answers the basic methods
 (``generateIntegers``, ``generateIntegerSequences``,
 ``generateDecimalFractions``, ``generateGaussians``, ``generateStrings``,
 ``generateUUIDs``, ``generateBlobs``, ``getUsage``), the signed ones
@@ -14,8 +15,8 @@ signed methods sign with (see :mod:`~entropy_appliance.web.compat.signing`).
 Errors are JSON-RPC 2.0 error objects with RANDOM.ORG's codes (see
 :data:`CODES`): -32700 (the body is not JSON) and -32600 (not a request:
 no ``jsonrpc: "2.0"``, no string ``method``, ``params`` not structured, an
-``id`` missing or not a string, number or null, an empty or too long
-batch) are answered with HTTP 400, since no call was made; the errors of a
+``id`` missing or not a string, number or null, an empty batch) are
+answered with HTTP 400, since no call was made; the errors of a
 call (-32601, -32602, 2xx/3xx/4xx) with HTTP 200 like its results, as
 RANDOM.ORG answers them.  Every call needs an ``id``: a notification would
 throw its random values away.  While the appliance fails closed the whole
@@ -70,6 +71,7 @@ CODES: Mapping[int, str] = {
     -32603: "Internal error",
     -32001: "Service unavailable: the appliance fails closed",
     -32002: "Too many requests",
+    -32003: f"Not made: a batch makes at most {MAX_BATCH} calls",
     200: "Parameter is malformed",
     201: "Parameter is not supported by this server",
     202: "Parameter is out of range",
@@ -293,9 +295,11 @@ class RandomOrgWeb:
             if isinstance(message, list):
                 if not message:
                     raise _invalid_request("Invalid Request: an empty batch")
-                if len(message) > MAX_BATCH:
-                    raise _invalid_request(f"Invalid Request: a batch of at most {MAX_BATCH} calls")
-                return 200, [self._call(m, peer, batch=True) for m in message], None
+                made = [self._call(m, peer, batch=True) for m in message[:MAX_BATCH]]
+                # The calls past the limit are answered, each with its error: JSON-RPC 2.0
+                # answers every member of a batch, and the work stays bounded.
+                past = [_error_response(_id_of(m), RpcError(-32003)) for m in message[MAX_BATCH:]]
+                return 200, made + past, None
             status, response = 200, self._call(message, peer, batch=False)
             return status, response, None
         except RpcError as e:
@@ -303,9 +307,7 @@ class RandomOrgWeb:
             return e.status, _error_response(getattr(e, "request_id", None), e), e.retry_after
 
     def _call(self, message: Any, peer: str, batch: bool) -> dict[str, Any]:
-        request_id = message.get("id") if isinstance(message, dict) else None
-        if not isinstance(request_id, (str, int, float, type(None))) or type(request_id) is bool:
-            request_id = None
+        request_id = _id_of(message)
         try:
             method, params = _envelope(message)
             return {"jsonrpc": "2.0", "result": self._dispatch(method, params, peer),
@@ -540,19 +542,21 @@ class RandomOrgWeb:
         method="post",
         description=(
             "Drop-in for clients of RANDOM.ORG's release 4: change only the endpoint. A JSON-RPC "
-            f"2.0 request, or a batch of at most {MAX_BATCH}. Errors are JSON-RPC error objects: "
+            f"2.0 request, or a batch (of which {MAX_BATCH} calls are made). Errors are JSON-RPC "
+            "error objects: "
             "a body that is not JSON (-32700) or not a request (-32600) is answered with 400; "
             "the errors of a call (unknown method -32601, bad params -32602, RANDOM.ORG's codes) "
             "with 200, as RANDOM.ORG does; failing closed with 503 (error -32001)."),
         request_body={"required": True, "content": {"application/json": {"schema": {
-            "oneOf": [{"$ref": "#/components/schemas/JsonRpcRequest"},
-                      {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+            "anyOf": [{"$ref": "#/components/schemas/JsonRpcRequest"},
+                      {"type": "array", "minItems": 1,
                        "description": "A batch: each element is answered, one that is not a "
-                                      "request object with its own -32600 error (JSON-RPC 2.0).",
-                       "items": {}}]}}}},
+                                      "request object with its own -32600 error (JSON-RPC 2.0); "
+                                      f"the first {MAX_BATCH} calls are made, any after them are "
+                                      "answered with error -32003."}]}}}},
         ok=openapi.ok("The response, or the batch of responses.", {"application/json": {
             "anyOf": [{"$ref": "#/components/schemas/JsonRpcResponse"},
-                      {"type": "array", "minItems": 1, "maxItems": MAX_BATCH,
+                      {"type": "array", "minItems": 1,
                        "items": {"$ref": "#/components/schemas/JsonRpcResponse"}}]}},
             openapi.NO_STORE),
         problems={413: "A request body over this server's --max-body (64 KiB by default), "
@@ -591,6 +595,14 @@ class RandomOrgWeb:
         """The signing key's public half."""
         request.setHeader(b"Content-Type", b"application/x-pem-file")
         return self.signing.public_pem
+
+
+def _id_of(message: Any) -> Any:
+    """The ``id`` of a request to answer with: its own if it is a valid one, else null."""
+    request_id = message.get("id") if isinstance(message, dict) else None
+    if type(request_id) is bool or not isinstance(request_id, (str, int, float, type(None))):
+        return None
+    return request_id
 
 
 def _reject_constant(name: str) -> Any:
