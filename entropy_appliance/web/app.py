@@ -2,7 +2,9 @@
 The Klein web app: random bytes, integers, UUIDs, pollen, status, health,
 metrics and OpenAPI, all drawing from the one :class:`SeedPool`; the
 pictures, sound, events and dashboard assets of
-:class:`~entropy_appliance.web.media.MediaWeb` are mounted under it.
+:class:`~entropy_appliance.web.media.MediaWeb` are mounted under it, and so
+are the drop-in ANU and RANDOM.ORG APIs of :mod:`entropy_appliance.web.compat`,
+each under its prefix (``--compat``).
 
 :class:`EntropyWeb` keeps ``app = Klein()`` as a class attribute, so routes
 are methods over instance state.  ``EntropyWeb(...).site()`` is the ONE
