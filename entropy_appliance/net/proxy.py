@@ -124,7 +124,11 @@ def _parse_header(header: bytes) -> tuple[IAddress | None, IAddress | None]:
         if header.startswith(V2Parser.PREFIX):
             info = V2Parser.parse(header)
         else:
-            info = V1Parser.parse(header.rstrip(b"\r\n"))
+            line = header.rstrip(b"\r\n")
+            if line.split(b" ")[:2] == [b"PROXY", b"UNKNOWN"]:
+                # Twisted's parser wants a space after UNKNOWN; the specification does not.
+                return None, None
+            info = V1Parser.parse(line)
     except (InvalidProxyHeader, ValueError, KeyError, UnicodeDecodeError):
         # Twisted's v1 parser lets a bad port escape as ValueError, and its v2
         # parser an unknown family/protocol pair as KeyError.
@@ -137,15 +141,19 @@ def _parse_header(header: bytes) -> tuple[IAddress | None, IAddress | None]:
         return None, None
     if not isinstance(source, (IPv4Address, IPv6Address)) or source.type != "TCP":
         raise InvalidProxyHeader()
+    out: list[IAddress] = []
     for a in (source, destination):
-        assert isinstance(a, (IPv4Address, IPv6Address))
+        if not isinstance(a, (IPv4Address, IPv6Address)):
+            raise InvalidProxyHeader()
         try:
             ip = ipaddress.ip_address(a.host)
         except ValueError:
             raise InvalidProxyHeader() from None
         if (ip.version == 4) != isinstance(a, IPv4Address) or not 0 <= a.port <= 65535:
             raise InvalidProxyHeader()
-    return source, destination
+        # The canonical text (2001:db8::7), as a socket's own address would read.
+        out.append(type(a)("TCP", str(ip), a.port))
+    return out[0], out[1]
 
 
 def _header_length(buffer: bytes) -> int | None:
