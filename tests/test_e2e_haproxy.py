@@ -340,6 +340,15 @@ def test_spread_failover_recovery_and_real_client_budgets(pool: Pool) -> None:
         except ConnectionResetError:
             pass
     assert "closed a connection from 127.0.0.2: it is not a trusted proxy" in node1.app.log()
+    # The log names the real client that met the stream limit, not the balancer.
+    assert "refused a connection from 127.0.0.2: it already has 2 open" in node1.app.log() + node2.app.log()
+    proxy = json.loads(node1.ask("/v1/status").body)["proxy"]
+    assert proxy["trusted"] == ["127.0.0.1/32"]
+    connections = proxy["connections"]
+    assert connections["untrusted"] >= 1 and connections["proxied"] >= 10, connections
+    assert connections["local"] >= 1, connections  # HAProxy's health checks
+    metrics = node1.ask("/metrics").body.decode()
+    assert re.search(r'^entropy_proxy_connections_total\{outcome="untrusted"\} [1-9]', metrics, re.M), metrics
 
     # 3. Node 1's source gets stuck: it fails closed, and HAProxy takes it out.
     start = time.monotonic()

@@ -39,7 +39,7 @@ from entropy_appliance.app.workers import AdoptedPort, InheritedPort
 from entropy_appliance.net import tls
 from entropy_appliance.net.limits import GuardedEndpoint, PeerGuard, guard_accepts, with_backlog
 from entropy_appliance.net.memory import HeapTrim
-from entropy_appliance.net.proxy import ProxyHeaderFactory, TrustedProxies, split_proxy
+from entropy_appliance.net.proxy import PROXY_OUTCOMES, ProxyHeaderFactory, TrustedProxies, split_proxy
 from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.source.detection import detect
 from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, DeviceSource, SourceSpec, open_source
@@ -231,6 +231,7 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
     if onion is not None:
         # /v1/status shows the onion service; it is given the Site below.
         status_extras["onion"] = onion.status
+    proxy = _proxy_layer(config, reactor, status_extras)
     web = EntropyWeb(pool, reactor, listeners=[*config.http, *config.https],
                      max_bytes=config.max_bytes, status_extras=status_extras or None,
                      seed_wait=config.seed_wait)
@@ -243,17 +244,29 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
         tree.add("onion", onion, "onion")
     contexts = _tls_contexts(config)
     tree.add("signals", ReloadService(reactor, _unique(c for _, c in contexts)), "reload")
-    proxy = None
-    if any(listener.proxied for listener in listeners(config)):
-        trusted = TrustedProxies(config.trusted_proxies)
-        counts: dict[str, int] = {}
-        status_extras["proxy"] = lambda: {"trusted": [str(n) for n in trusted.networks], **counts}
-
-        def proxy(factory: Any) -> ProxyHeaderFactory:
-            return ProxyHeaderFactory(factory, trusted, reactor, config.peers.header_timeout, counts)
-    elif config.trusted_proxies:
-        _log.warn("--trusted-proxy is set but no listener is haproxy:...; no PROXY header is read")
     return Serving(stream=guard.wrap_stream(stream_factory), http=http, tls=contexts, proxy=proxy)
+
+
+def _proxy_layer(config: Config, reactor: Any,
+                 status_extras: dict[str, Callable[[], Any]]) -> Callable[[Any], Any] | None:
+    """
+    What wraps the factory of a ``haproxy:`` listener in the PROXY layer,
+    shared by all of them (one trust list, one count of outcomes, shown as
+    ``proxy`` in ``/v1/status``); None when no listener is ``haproxy:``.
+    """
+    if not any(listener.proxied for listener in listeners(config)):
+        if config.trusted_proxies:
+            _log.warn("--trusted-proxy is set but no listener is haproxy:...; no PROXY header is read")
+        return None
+    trusted = TrustedProxies(config.trusted_proxies)
+    counts = dict.fromkeys(PROXY_OUTCOMES, 0)
+    status_extras["proxy"] = lambda: {"trusted": [str(n) for n in trusted.networks],
+                                      "connections": dict(counts)}
+
+    def proxy(factory: Any) -> ProxyHeaderFactory:
+        return ProxyHeaderFactory(factory, trusted, reactor, config.peers.header_timeout, counts)
+
+    return proxy
 
 
 def _onion_service(config: Config, reactor: Any, targets: dict[str, Any]) -> OnionService | None:

@@ -57,6 +57,7 @@ from zope.interface import directlyProvides, providedBy
 
 __all__ = [
     "PREFIX",
+    "PROXY_OUTCOMES",
     "split_proxy",
     "TrustedProxies",
     "ProxyHeaderFactory",
@@ -70,6 +71,11 @@ PREFIX = "haproxy:"
 
 _V1_MAX = 107
 _V2_FIXED = 16
+#: What became of connections to PROXY listeners, as counted in ``/v1/status`` and ``/metrics``:
+#: served for the client a header named, served as the proxy's own (LOCAL, UNKNOWN), closed
+#: because the peer is no trusted proxy, because the header is not valid, or because it was late.
+PROXY_OUTCOMES = ("proxied", "local", "untrusted", "invalid-header", "header-timeout")
+
 #: Addresses remembered for "refused once" logging, at most.
 _LOGGED_MAX = 1024
 
