@@ -98,9 +98,10 @@ def both_up(stats_port: int, timeout: float = 30.0) -> None:
 def alternate(rounds: int, cases: dict[str, Callable[[], float]]) -> dict[str, float]:
     """Run each case ``rounds`` times, in turn; the median of each."""
     figures: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for name, run in cases.items():
             figures[name].append(run())
+            print(f"  round {round_ + 1}: {name} {figures[name][-1]:,.0f}", flush=True)
     return {name: statistics.median(values) for name, values in figures.items()}
 
 
