@@ -16,7 +16,10 @@ Every service joins the tree in a named phase of
 side effects that options must not have happen here: ``--source auto`` is
 resolved (and logged when the pipeline starts), the self-signed TLS pair and
 the onion key are created if missing.  Listeners are endpoint strings, and
-ONE Site serves every HTTP, HTTPS and onion endpoint.
+ONE Site serves every HTTP, HTTPS and onion endpoint.  Every listener, in
+every role, is made from :func:`listeners`: a plain socket endpoint, and a
+factory with TLS (https) and, for a ``haproxy:`` description, the PROXY
+header reader outermost (:meth:`Serving.factory`).
 """
 
 from __future__ import annotations
