@@ -270,6 +270,27 @@ def test_worker_serves_on_the_inherited_sockets(inherited: str) -> None:
     assert isinstance(https, TLSMemoryBIOFactory) and https.wrappedFactory is http
 
 
+def test_a_worker_reads_the_proxy_header_on_haproxy_sockets(inherited: str) -> None:
+    """The parent hands on plain sockets; the worker puts PROXY outermost, outside TLS."""
+    from entropy_appliance.net.proxy import ProxyHeaderFactory
+
+    proxied = ["--stream", "haproxy:tcp:19000:interface=127.0.0.1",
+               "--http", "tcp:18080:interface=127.0.0.1",
+               "--https", "haproxy:ssl:18443:interface=127.0.0.1", "--trusted-proxy", "127.0.0.1"]
+    c = config("--workers", "2", *proxied, "--worker-fds", inherited, "--worker-index", "1")
+    reactor = MemoryReactorClock()
+    tree = makeService(c, reactor=reactor)
+    for listener in tree.phase("listeners"):
+        listener.startService()
+    (_, _, stream), (_, _, http), (_, _, https) = reactor.adoptedPorts
+    assert isinstance(stream, ProxyHeaderFactory)
+    assert isinstance(stream.wrappedFactory.wrappedFactory, StreamFactory)
+    assert not isinstance(http, ProxyHeaderFactory)
+    assert isinstance(https, ProxyHeaderFactory)
+    assert isinstance(https.wrappedFactory, TLSMemoryBIOFactory)
+    assert https.wrappedFactory.wrappedFactory is http
+
+
 def test_worker_zero_alone_publishes_the_onion_service(inherited: str, tmp_path: Path) -> None:
     onion = ["--onion", "--tor-control", "tcp:127.0.0.1:9051", "--onion-key", str(tmp_path / "onion.key")]
     first = makeService(worker_config(inherited, 0, *onion), reactor=MemoryReactorClock())

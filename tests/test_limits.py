@@ -744,14 +744,14 @@ def test_endpoints_get_a_larger_backlog_unless_they_name_one(description: str, e
 def test_the_listeners_listen_with_the_backlog(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from twisted.internet.testing import MemoryReactor
 
-    from entropy_appliance.app.build import _listening_endpoints, _tls_contexts
+    from entropy_appliance.app.build import _listening_endpoints
     from entropy_appliance.app.options import parse_config
 
     monkeypatch.chdir(tmp_path)
     config = parse_config(["--http", "tcp:8080", "--http", "tcp:8081:backlog=5", "--https", "ssl:8443",
                            "--https", "tcp:8444", "--stream", "tcp:9000"])
     reactor = MemoryReactor()
-    for _, _, endpoint in _listening_endpoints(config, reactor, _tls_contexts(config)):
+    for _, endpoint in _listening_endpoints(config, reactor):
         endpoint.listen(object())
     backlogs = [port[2] for port in reactor.tcpServers] + [port[3] for port in reactor.sslServers]
     assert backlogs == [1024, 1024, 5, 1024, 1024]

@@ -16,7 +16,10 @@ Every service joins the tree in a named phase of
 side effects that options must not have happen here: ``--source auto`` is
 resolved (and logged when the pipeline starts), the self-signed TLS pair and
 the onion key are created if missing.  Listeners are endpoint strings, and
-ONE Site serves every HTTP, HTTPS and onion endpoint.
+ONE Site serves every HTTP, HTTPS and onion endpoint.  Every listener, in
+every role, is made from :func:`listeners`: a plain socket endpoint, and a
+factory with TLS (https) and, for a ``haproxy:`` description, the PROXY
+header reader outermost (:meth:`Serving.factory`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from entropy_appliance.app.workers import AdoptedPort, InheritedPort
 from entropy_appliance.net import tls
 from entropy_appliance.net.limits import GuardedEndpoint, PeerGuard, guard_accepts, with_backlog
 from entropy_appliance.net.memory import HeapTrim
+from entropy_appliance.net.proxy import PROXY_OUTCOMES, ProxyHeaderFactory, TrustedProxies, split_proxy
 from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.source.detection import detect
 from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, DeviceSource, SourceSpec, open_source
@@ -46,7 +50,8 @@ from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, DeviceSource, 
 if TYPE_CHECKING:
     from entropy_appliance.onion import OnionService
 
-__all__ = ["makeService", "build_single", "build_parent", "build_worker", "Serving"]
+__all__ = ["makeService", "build_single", "build_parent", "build_worker", "Serving", "ListenerSpec",
+           "listeners"]
 
 _log = Logger()
 
@@ -74,9 +79,9 @@ def build_single(config: Config, reactor: Any) -> Lifecycle:
                       alpha=config.alpha, detected=detected)
     tree.add("pipeline", core, "pipeline")
     serving = _serve(config, reactor, tree, core, publish_onion=True)
-    for kind, description, endpoint in _listening_endpoints(config, reactor, serving.tls):
-        tree.add("listeners", _Listener(GuardedEndpoint(endpoint, reactor), serving.factory(kind), kind,
-                                        description))
+    for listener, endpoint in _listening_endpoints(config, reactor):
+        tree.add("listeners", _Listener(GuardedEndpoint(endpoint, reactor), serving.factory(listener),
+                                        listener.kind, listener.description))
     _notify(tree, core, reactor)
     return tree
 
@@ -96,7 +101,7 @@ def build_parent(config: Config, reactor: Any) -> Lifecycle:
                       alpha=config.alpha, detected=detected, serving=False)
     tree.add("pipeline", core, "pipeline")
     contexts = _tls_contexts(config)
-    held = [HeldPort(endpoint, kind) for kind, _, endpoint in _listening_endpoints(config, reactor, contexts)]
+    held = [HeldPort(endpoint, listener.kind) for listener, endpoint in _listening_endpoints(config, reactor)]
     for port in held:
         tree.add("listeners", port)
     argv = list(config.argv)
@@ -134,22 +139,51 @@ def build_worker(config: Config, reactor: Any) -> Lifecycle:
     worker_status = {"worker": lambda: {"index": index, "pid": pid, "of": config.workers}}
     serving = _serve(config, reactor, tree, core, publish_onion=index == 0, extras=worker_status)
     inherited = list(config.worker.ports)
-    https = iter(serving.tls)
-    for kind in _kinds(config):
-        mine = next((p for p in inherited if p.kind == kind), None)
+    for listener in listeners(config):
+        mine = next((p for p in inherited if p.kind == listener.kind), None)
         if mine is None:
-            raise ValueError(f"the parent handed this worker no {kind} socket")
+            raise ValueError(f"the parent handed this worker no {listener.kind} socket")
         inherited.remove(mine)
-        factory = serving.factory(kind)
-        if kind == "https":
-            # The parent's ssl: socket is a plain TCP socket to us.
-            factory = tls.TLSServerFactory(next(https)[1], False, factory)
-        tree.add("listeners", _GuardedAdoptedPort(reactor, mine, factory))
+        # The parent's sockets are plain sockets to us: TLS and PROXY are in the factory.
+        tree.add("listeners", _GuardedAdoptedPort(reactor, mine, serving.factory(listener)))
     tree.add("signals", ParentWatch(reactor, reactor.stop), "parent-watch")
     return tree
 
 
 # -- what a serving process serves ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    """
+    One listener as configured: its ``kind`` (the surface), its
+    ``description`` as given, the ``socket`` description it listens on
+    (without ``haproxy:``, with the default backlog), whether it expects a
+    PROXY header first (``proxied``), and, for ``https``, its ``index``
+    among the TLS context factories.
+    """
+
+    kind: str
+    description: str
+    socket: str
+    proxied: bool
+    index: int
+
+
+def listeners(config: Config) -> list[ListenerSpec]:
+    """
+    Every listener of ``config``, in the order the parent and its workers
+    both use.  Every surface is listed here, and every listener is made from
+    this list (:func:`_listening_endpoints`, :meth:`Serving.factory`), so a
+    surface added here gets the ``haproxy:`` prefix and the PROXY layer too.
+    """
+    out: list[ListenerSpec] = []
+    for kind, descriptions in (("stream", config.stream), ("http", config.http),
+                               ("https", config.https)):
+        for index, description in enumerate(descriptions):
+            socket, proxied = split_proxy(description)
+            out.append(ListenerSpec(kind, description, with_backlog(socket), proxied, index))
+    return out
 
 
 @dataclass
@@ -159,10 +193,23 @@ class Serving:
     stream: Any
     http: Any
     tls: list[tuple[tls.SSLEndpointSpec, tls.ReloadableContextFactory]]
+    #: Built by :func:`_serve` when some listener is ``haproxy:``: wraps a factory in the PROXY layer.
+    proxy: Callable[[Any], Any] | None = None
 
-    def factory(self, kind: str) -> Any:
-        """The protocol factory for ``kind``: the raw stream, or the one Site (for http and https)."""
-        return self.stream if kind == "stream" else self.http
+    def factory(self, listener: ListenerSpec) -> Any:
+        """
+        The protocol factory of ``listener``: the raw stream, or the one Site
+        (for http and https); TLS around it for https; and the PROXY header
+        reader outermost for a ``haproxy:`` listener, since the header comes
+        before anything else on the connection, a TLS ClientHello included.
+        """
+        factory = self.stream if listener.kind == "stream" else self.http
+        if listener.kind == "https":
+            factory = tls.TLSServerFactory(self.tls[listener.index][1], False, factory)
+        if listener.proxied:
+            assert self.proxy is not None
+            factory = self.proxy(factory)
+        return factory
 
 
 def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, publish_onion: bool,
@@ -187,6 +234,7 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
     if onion is not None:
         # /v1/status shows the onion service; it is given the Site below.
         status_extras["onion"] = onion.status
+    proxy = _proxy_layer(config, reactor, status_extras)
     web = EntropyWeb(pool, reactor, listeners=[*config.http, *config.https],
                      max_bytes=config.max_bytes, status_extras=status_extras or None,
                      seed_wait=config.seed_wait, compat=config.compat,
@@ -201,7 +249,29 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
         tree.add("onion", onion, "onion")
     contexts = _tls_contexts(config)
     tree.add("signals", ReloadService(reactor, _unique(c for _, c in contexts)), "reload")
-    return Serving(stream=guard.wrap_stream(stream_factory), http=http, tls=contexts)
+    return Serving(stream=guard.wrap_stream(stream_factory), http=http, tls=contexts, proxy=proxy)
+
+
+def _proxy_layer(config: Config, reactor: Any,
+                 status_extras: dict[str, Callable[[], Any]]) -> Callable[[Any], Any] | None:
+    """
+    What wraps the factory of a ``haproxy:`` listener in the PROXY layer,
+    shared by all of them (one trust list, one count of outcomes, shown as
+    ``proxy`` in ``/v1/status``); None when no listener is ``haproxy:``.
+    """
+    if not any(listener.proxied for listener in listeners(config)):
+        if config.trusted_proxies:
+            _log.warn("--trusted-proxy is set but no listener is haproxy:...; no PROXY header is read")
+        return None
+    trusted = TrustedProxies(config.trusted_proxies)
+    counts = dict.fromkeys(PROXY_OUTCOMES, 0)
+    status_extras["proxy"] = lambda: {"trusted": [str(n) for n in trusted.networks],
+                                      "connections": dict(counts)}
+
+    def proxy(factory: Any) -> ProxyHeaderFactory:
+        return ProxyHeaderFactory(factory, trusted, reactor, config.peers.header_timeout, counts)
+
+    return proxy
 
 
 def _signing_key(config: Config) -> Any:
@@ -275,24 +345,20 @@ def _source_text(spec: SourceSpec) -> str:
     return spec.kind if spec.path is None else f"device:{spec.path}"
 
 
-def _kinds(config: Config) -> list[str]:
-    """The kind of each listener, in the order parent and worker both use."""
-    return (["stream"] * len(config.stream) + ["http"] * len(config.http)
-            + ["https"] * len(config.https))
-
-
-def _listening_endpoints(config: Config, reactor: Any,
-                         contexts: list[tuple[tls.SSLEndpointSpec, tls.ReloadableContextFactory]],
-                         ) -> list[tuple[str, str, IStreamServerEndpoint]]:
+def _listening_endpoints(config: Config, reactor: Any) -> list[tuple[ListenerSpec, IStreamServerEndpoint]]:
     """
-    (kind, description, endpoint) of every listener, in :func:`_kinds` order;
-    an endpoint that names no listen backlog gets a larger one than
-    Twisted's (:func:`~entropy_appliance.net.limits.with_backlog`).
+    Every listener of :func:`listeners` with the endpoint of its socket:
+    plain, since TLS and the PROXY layer are in the listener's factory
+    (:meth:`Serving.factory`); an endpoint that names no listen backlog gets
+    a larger one than Twisted's (:func:`~entropy_appliance.net.limits.with_backlog`).
     """
-    out = [("stream", d, serverFromString(reactor, with_backlog(d))) for d in config.stream]
-    out += [("http", d, serverFromString(reactor, with_backlog(d))) for d in config.http]
-    out += [("https", d, tls.ssl_endpoint(reactor, tls.parse_https_endpoint(with_backlog(d)), factory))
-            for d, (_, factory) in zip(config.https, contexts, strict=True)]
+    out: list[tuple[ListenerSpec, IStreamServerEndpoint]] = []
+    for listener in listeners(config):
+        if listener.kind == "https":
+            endpoint = tls.socket_endpoint(reactor, tls.parse_https_endpoint(listener.socket))
+        else:
+            endpoint = serverFromString(reactor, listener.socket)
+        out.append((listener, endpoint))
     return out
 
 
@@ -312,7 +378,7 @@ def _tls_contexts(config: Config) -> list[tuple[tls.SSLEndpointSpec, tls.Reloada
     out = []
     for description, pair in zip(config.https, pairs, strict=True):
         assert pair is not None
-        spec = tls.parse_https_endpoint(description)
+        spec = tls.parse_https_endpoint(split_proxy(description)[0])
         factory = factories.get(pair)
         if factory is None:
             factory = factories[pair] = tls.ReloadableContextFactory(tls.load_material(*pair),

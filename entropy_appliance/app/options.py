@@ -35,6 +35,7 @@ from entropy_appliance.core.peers import PeerPolicy
 from entropy_appliance.core.pool import MIN_RESEED_BYTES, ReseedPolicy
 from entropy_appliance.core.units import parse_size
 from entropy_appliance.net import tls
+from entropy_appliance.net.proxy import TrustedProxies, split_proxy
 from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, SourceSpec, parse_source
 from entropy_appliance.web.app import DEFAULT_MAX_BYTES, DEFAULT_SEED_WAIT
 from entropy_appliance.web.compat.keys import (
@@ -135,6 +136,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream", "tcp:9000", "Raw TCP byte stream endpoint", "list"),
     Setting("http", "tcp:8080", "Plain HTTP endpoint", "list"),
     Setting("https", "ssl:8443", "HTTPS endpoint ssl:PORT[:interface=..]", "list"),
+    Setting("trusted-proxy", "none",
+            "IP network (CIDR) of the load balancers whose PROXY headers the haproxy:... listeners "
+            "believe; a connection from any other address to such a listener is closed unread",
+            "list"),
     Setting("tls-key", tls.DEFAULT_KEY,
             "TLS private key (PEM) for ssl: endpoints that name none; the default pair is "
             "generated (self-signed) on first run."),
@@ -286,6 +291,8 @@ class Config:
     http_limits: HTTPLimits = HTTPLimits()
     media: MediaLimits = MediaLimits()
     compat: CompatConfig = CompatConfig()
+    #: ``--trusted-proxy``: the networks whose PROXY headers ``haproxy:`` listeners believe.
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def role(self) -> Role:
@@ -352,6 +359,7 @@ class Options(EnvironmentOptions):
     opt_stream = _endpoint_option(_setting("stream"))
     opt_http = _endpoint_option(_setting("http"))
     opt_https = _endpoint_option(_setting("https"))
+    opt_trusted_proxy = _endpoint_option(_setting("trusted-proxy"))
 
     config: Config
 
@@ -378,6 +386,7 @@ class Options(EnvironmentOptions):
         policy, seed_wait, alpha = self._reseed()
         http = self._endpoints("http", check)
         https = self._https(check)
+        trusted_proxies = self._trusted_proxies([*stream, *http, *https])
         tls_config = self._tls(https)
         max_bytes = self._max_bytes()
         onion = self._onion()
@@ -390,7 +399,7 @@ class Options(EnvironmentOptions):
             stream=stream, http=http, https=https, tls=tls_config, max_bytes=max_bytes,
             peers=peers, shutdown_timeout=shutdown_timeout, workers=self._workers(),
             worker=worker, onion=onion, argv=tuple(self.argv), http_limits=http_limits,
-            media=media, compat=compat,
+            media=media, compat=compat, trusted_proxies=trusted_proxies,
         )
 
     # -- one check per concern -------------------------------------------------
@@ -403,7 +412,7 @@ class Options(EnvironmentOptions):
             return ()
         if check:
             for v in values:
-                _check_endpoint(name, v)
+                _check_endpoint(name, split_proxy(v)[0])
         return tuple(values)
 
     def _ranged(self, name: str, lo: float, hi: float, must: str, *, above: bool = False,
@@ -450,6 +459,25 @@ class Options(EnvironmentOptions):
         policy = ReseedPolicy(interval=interval, max_bytes=int(max_bytes), bits=int(bits))
         return policy, seed_wait, alpha
 
+    def _trusted_proxies(self, endpoints: list[str]) -> tuple[str, ...]:
+        """The ``--trusted-proxy`` networks; at least one when a listener is ``haproxy:``."""
+        values = self["trusted-proxy"] or [DEFAULTS["trusted-proxy"]]
+        if "none" in values and len(values) > 1:
+            raise usage.UsageError("--trusted-proxy none cannot be combined with networks")
+        networks: list[str] = []
+        for v in values if values != ["none"] else []:
+            try:
+                networks.append(TrustedProxies.parse(v))
+            except ValueError as e:
+                raise usage.UsageError(f"--trusted-proxy: {e}") from None
+        proxied = [e for e in endpoints if split_proxy(e)[1]]
+        if proxied and not networks:
+            raise usage.UsageError(
+                f"{proxied[0]!r} reads a PROXY header, which must be believed only from the load "
+                "balancer: give its address with --trusted-proxy CIDR (e.g. --trusted-proxy "
+                "10.0.0.5/32, or ENTROPY_TRUSTED_PROXY)")
+        return tuple(networks)
+
     def _https(self, check: bool) -> tuple[str, ...]:
         https = self["https"] or [DEFAULTS["https"]]
         if "none" in https:
@@ -458,7 +486,7 @@ class Options(EnvironmentOptions):
             return ()
         for description in https:
             try:
-                spec = tls.parse_https_endpoint(description)
+                spec = tls.parse_https_endpoint(split_proxy(description)[0])
             except ValueError as e:
                 raise usage.UsageError(
                     f"--https {description!r}: {e}; use e.g. ssl:8443, "
@@ -634,7 +662,7 @@ def tls_pairs(config: TLSConfig, https: Sequence[str]) -> list[tuple[str, str] |
                       and not os.path.exists(config.cert))
     pairs: list[tuple[str, str] | None] = []
     for description in https:
-        spec = tls.parse_https_endpoint(description)
+        spec = tls.parse_https_endpoint(split_proxy(description)[0])
         if spec.private_key is not None and spec.cert_key is not None:
             pairs.append((spec.private_key, spec.cert_key))
         else:

@@ -66,6 +66,7 @@ __all__ = [
     "parse_ssl_endpoint",
     "parse_https_endpoint",
     "ssl_endpoint",
+    "socket_endpoint",
     "resolve_https",
 ]
 
@@ -375,15 +376,19 @@ class _TLSOverEndpoint:
         return self._inner.listen(TLSServerFactory(self._creator, False, protocolFactory))
 
 
+def socket_endpoint(reactor: Any, spec: SSLEndpointSpec) -> IStreamServerEndpoint:
+    """The plain endpoint that ``spec`` listens on; TLS is spoken by :class:`TLSServerFactory` on it."""
+    if spec.wrapped is not None:
+        return serverFromString(reactor, spec.wrapped)
+    return TCP4ServerEndpoint(reactor, spec.port, backlog=spec.backlog, interface=spec.interface)
+
+
 def ssl_endpoint(reactor: Any, spec: SSLEndpointSpec, factory: Any) -> IStreamServerEndpoint:
     """
     The listening endpoint for ``spec``, serving TLS with ``factory`` (a
     :class:`CertificateOptions` or :class:`ReloadableContextFactory`).
     """
-    if spec.wrapped is not None:
-        return _TLSOverEndpoint(serverFromString(reactor, spec.wrapped), factory)
-    return _TLSOverEndpoint(TCP4ServerEndpoint(reactor, spec.port, backlog=spec.backlog,
-                                               interface=spec.interface), factory)
+    return _TLSOverEndpoint(socket_endpoint(reactor, spec), factory)
 
 
 def resolve_https(specs: list[SSLEndpointSpec], key_path: str, cert_path: str,

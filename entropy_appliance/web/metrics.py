@@ -8,7 +8,9 @@ Two kinds of figures:
   reseed age, bytes generated and served by surface, health failures by
   test, source state, fail-closed refusals.  Every ``status_extras`` hook
   whose value is a mapping with a string ``"state"`` is exported as
-  ``entropy_<name>_state{state="..."} 1`` (e.g. the onion service).
+  ``entropy_<name>_state{state="..."} 1`` (e.g. the onion service), and
+  every one with a mapping ``"connections"`` of counts as the counter
+  ``entropy_<name>_connections{outcome="..."}`` (e.g. the PROXY listeners).
 - :class:`WebMetrics` owns the per-app registry and the request counter,
   which the Site bumps once per finished request (route, method, status).
 
@@ -135,8 +137,16 @@ class PoolCollector(Collector):
             except Exception:
                 # A broken hook must not take the whole scrape down.
                 continue
+            name = "".join(c if c.isalnum() else "_" for c in key.lower())
+            connections = value.get("connections") if isinstance(value, Mapping) else None
+            if isinstance(connections, Mapping):
+                counter = CounterMetricFamily(f"entropy_{name}_connections",
+                                              f"Connections to the {key} listeners, by outcome.",
+                                              labels=["outcome"])
+                for outcome, n in sorted(connections.items()):
+                    counter.add_metric([str(outcome)], n)
+                yield counter
             if isinstance(value, Mapping) and isinstance(value.get("state"), str):
-                name = "".join(c if c.isalnum() else "_" for c in key.lower())
                 family = GaugeMetricFamily(f"entropy_{name}_state",
                                            f"1 for the current state of {key}.",
                                            labels=["state"])

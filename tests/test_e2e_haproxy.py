@@ -1,0 +1,384 @@
+"""
+End to end: two appliances behind Debian's real ``haproxy``, on loopback,
+with the shipped ``contrib/haproxy/haproxy.cfg``.
+
+The test's configuration is derived from the shipped file by
+:func:`derive_config`: the addresses and ports are rewritten to loopback,
+the third node is dropped, the check interval is shortened and the lines
+that need a system installation (chroot, user, syslog, the admin socket,
+daemon mode) are removed; nothing else changes.  Each appliance reads its
+own FIFO, fed by ``tests/fifo_writer.py``, and listens with ``haproxy:``
+endpoints that trust 127.0.0.1 (where HAProxy connects from); clients
+connect from other loopback addresses (127.0.0.2 and up), so each is a
+peer of its own.  Each appliance also has a plain HTTP listener that the
+test reads its ``/v1/status`` and ``/health`` from.
+
+haproxy runs in the foreground (``-db``) as a subprocess of the test and
+is stopped by its PID.  Every wait is a polling loop with a deadline.
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from entropy_appliance.net import tls
+from tests.test_e2e_starvation import RECOVERY_BOUND, STREAM_END_BOUND, Writer, poll, start_writer
+from tests.twistd_helpers import REPO_ROOT, Appliance, free_port, start_appliance
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy")]
+
+SHIPPED = REPO_ROOT / "contrib" / "haproxy" / "haproxy.cfg"
+
+#: The shortened check interval; fall and rise stay as shipped.
+INTER = 0.5
+#: --peer-rate of the appliances: a burst of 10 requests per client and node.
+PEER_RATE = 5
+#: --peer-streams of the appliances.
+PEER_STREAMS = 2
+#: Slack for HAProxy's own reaction, on a busy machine.
+SLACK = 10.0
+
+#: The surfaces, by the port the shipped file gives them.
+SHIPPED_PORTS = {8080: "http", 8443: "https", 9000: "stream"}
+#: The frontends, by the bind line the shipped file gives them.
+SHIPPED_BINDS = {"bind :80": "http", "bind :443": "https", "bind :9000": "stream",
+                 "bind 127.0.0.1:8404": "stats"}
+#: Lines that need a system installation of HAProxy.
+SYSTEM_LINES = (r"\s+log /dev/log .*", r"\s+chroot .*", r"\s+stats socket .*", r"\s+user .*",
+                r"\s+group .*", r"\s+daemon")
+
+
+def shipped_setting(name: str) -> int:
+    """``fall`` or ``rise`` of the shipped default-server line."""
+    return int(re.search(rf"\b{name} (\d+)\b", SHIPPED.read_text())[1])  # type: ignore[index]
+
+
+FALL = shipped_setting("fall")
+RISE = shipped_setting("rise")
+
+
+def derive_config(shipped: str, nodes: list[dict[str, int]], front: dict[str, int], inter: float) -> str:
+    """
+    The shipped configuration for ``nodes`` (each: surface -> port on
+    127.0.0.1) behind ``front`` (surface -> port), checked every ``inter``
+    seconds.  Every rewrite must find what it rewrites.
+    """
+    text = shipped
+    for pattern in SYSTEM_LINES:
+        text, n = re.subn(rf"^{pattern}\n", "", text, flags=re.M)
+        assert n == 1, pattern
+    for bind, surface in SHIPPED_BINDS.items():
+        assert text.count(f"    {bind}\n") == 1, bind
+        text = text.replace(f"    {bind}\n", f"    bind 127.0.0.1:{front[surface]}\n")
+    text, n = re.subn(r"\binter 2s\b", f"inter {int(inter * 1000)}ms", text)
+    assert n == 1
+
+    def server(m: re.Match[str]) -> str:
+        index = int(m[1])
+        if index > len(nodes):
+            return ""
+        port = nodes[index - 1][SHIPPED_PORTS[int(m[3])]]
+        return m[0].replace(m[2], f"127.0.0.1:{port}")
+
+    text, n = re.subn(r"^\s+server node(\d) (10\.0\.0\.1\d:(\d+))(.*)\n", server, text, flags=re.M)
+    assert n == 9
+    return text
+
+
+# -- clients -----------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def http_get(port: int, path: str, source: str, https: ssl.SSLContext | None = None,
+             timeout: float = 20.0) -> Reply:
+    """One request on a new connection from ``source``."""
+    conn: http.client.HTTPConnection
+    if https is not None:
+        conn = http.client.HTTPSConnection("localhost", port, timeout=timeout,
+                                           source_address=(source, 0), context=https)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    finally:
+        conn.close()
+
+
+def read_stream(port: int, source: str, want: int, timeout: float = 20.0) -> int:
+    """Open a raw stream from ``source`` and read up to ``want`` bytes; return how many came."""
+    got = 0
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                      source_address=(source, 0)) as s:
+            while got < want:
+                chunk = s.recv(min(1 << 20, want - got))
+                if not chunk:
+                    break
+                got += len(chunk)
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return got
+
+
+def open_stream(port: int, source: str, first: int = 1) -> tuple[socket.socket, int]:
+    """Open a raw stream and read its first bytes (0 if it is closed unserved); keep it open."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0))
+    got = 0
+    try:
+        while got < first:
+            chunk = s.recv(first - got)
+            if not chunk:
+                break
+            got += len(chunk)
+    except ConnectionResetError:
+        pass
+    return s, got
+
+
+# -- the rig -------------------------------------------------------------------------
+
+
+@dataclass
+class Node:
+    app: Appliance
+    writer: Writer
+
+    def ask(self, path: str) -> Reply:
+        """From the test's own address, on the plain listener; waits out a 429."""
+        for _ in range(20):
+            r = http_get(self.app.ports["admin"], path, "127.0.0.7")
+            if r.status != 429:
+                return r
+            time.sleep(float(r.headers.get("retry-after", "1")))
+        raise AssertionError(f"{path}: 429 for 20 tries")
+
+    def served(self) -> dict[str, int]:
+        r = self.ask("/v1/status")
+        assert r.status == 200, r
+        served: dict[str, int] = json.loads(r.body)["served"]
+        return served
+
+    def health(self) -> int:
+        return self.ask("/health").status
+
+
+@dataclass
+class Pool:
+    nodes: list[Node]
+    front: dict[str, int]
+    haproxy: subprocess.Popen[bytes]
+    log: Path
+    cafile: Path
+
+    def servers(self) -> dict[tuple[str, str], str]:
+        """HAProxy's status of each server, by (backend, server), from its stats CSV."""
+        r = http_get(self.front["stats"], "/;csv", "127.0.0.1")
+        assert r.status == 200, r
+        rows = csv.DictReader(io.StringIO(r.body.decode().lstrip("# ")))
+        return {(row["pxname"], row["svname"]): row["status"] for row in rows
+                if row["svname"].startswith("node")}
+
+    def state_of(self, node: str) -> set[str]:
+        return {status for (_, server), status in self.servers().items() if server == node}
+
+    def get(self, path: str, source: str) -> Reply:
+        return http_get(self.front["http"], path, source)
+
+    def haproxy_log(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def stop_haproxy(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[Pool]:
+    key, cert = tmp_path / "pool.key", tmp_path / "pool.pem"
+    # One certificate for the pool, on every node: what a pinning client needs (see the config).
+    tls.generate_self_signed(str(key), str(cert), hostname="localhost")
+    writers: list[Writer] = []
+    apps: list[Appliance] = []
+    haproxy: subprocess.Popen[bytes] | None = None
+    try:
+        for i in (1, 2):
+            home = tmp_path / f"node{i}"
+            home.mkdir()
+            fifo = home / "rng.fifo"
+            os.mkfifo(fifo)
+            writers.append(start_writer(fifo, home / "writer.mode", "fast"))
+            apps.append(start_appliance(
+                home, "--source", f"device:{fifo}", "--reseed-bytes", "65536", "--reseed-interval", "1",
+                "--trusted-proxy", "127.0.0.1", "--peer-rate", str(PEER_RATE),
+                "--peer-streams", str(PEER_STREAMS), "--tls-key", str(key), "--tls-cert", str(cert),
+                ports={"http": "--http=haproxy:tcp:{port}:interface=127.0.0.1",
+                       "https": "--https=haproxy:ssl:{port}:interface=127.0.0.1",
+                       "stream": "--stream=haproxy:tcp:{port}:interface=127.0.0.1",
+                       "admin": "--http=tcp:{port}:interface=127.0.0.1"}))
+        front = {name: free_port() for name in ("http", "https", "stream", "stats")}
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(derive_config(SHIPPED.read_text(), [a.ports for a in apps], front, INTER))
+        log = tmp_path / "haproxy.log"
+        with open(log, "wb") as out:
+            haproxy = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=out,
+                                       stderr=subprocess.STDOUT)
+        rig = Pool([Node(a, w) for a, w in zip(apps, writers, strict=True)], front, haproxy, log, cert)
+        poll("haproxy answers", lambda: _answers(rig), 20)
+        poll("haproxy sees both nodes up",
+             lambda: all(rig.state_of(n) == {"UP"} for n in ("node1", "node2")), 30)
+        yield rig
+    finally:
+        if haproxy is not None:
+            stop_haproxy(haproxy)
+        for a in apps:
+            a.stop()
+        for w in writers:
+            w.stop()
+
+
+def _answers(rig: Pool) -> bool:
+    try:
+        rig.servers()
+    except OSError:
+        return False
+    return True
+
+
+def grew(before: dict[str, int], after: dict[str, int], surface: str) -> int:
+    return after.get(surface, 0) - before.get(surface, 0)
+
+
+# -- the tests -----------------------------------------------------------------------
+
+
+def test_the_shipped_configuration_is_valid() -> None:
+    result = subprocess.run(["haproxy", "-c", "-f", str(SHIPPED)], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Configuration file is valid" in result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_spread_failover_recovery_and_real_client_budgets(pool: Pool) -> None:
+    node1, node2 = pool.nodes
+    context = ssl.create_default_context(cafile=str(pool.cafile))
+
+    # 1. Both healthy: clients are spread over both nodes.
+    before = [n.served() for n in pool.nodes]
+    for _ in range(8):
+        r = pool.get("/v1/random?bytes=1000", "127.0.0.4")
+        assert r.status == 200 and len(r.body) == 1000, r
+    streams = [open_stream(pool.front["stream"], "127.0.0.4", 100_000) for _ in range(2)]
+    for s, got in streams:
+        assert got == 100_000
+        s.close()
+    # HTTPS passes through to a node, its TLS session and PROXY header intact.
+    r = http_get(pool.front["https"], "/v1/random?bytes=32", "127.0.0.4", https=context)
+    assert r.status == 200 and len(r.body) == 32
+    after = [n.served() for n in pool.nodes]
+    for b, a in zip(before, after, strict=True):
+        assert grew(b, a, "http") >= 1000, (before, after)
+        assert grew(b, a, "stream") >= 100_000, (before, after)
+
+    # 2. The per-peer limits count the real client, not the balancer.
+    greedy, polite = "127.0.0.2", "127.0.0.3"
+    statuses: list[int] = []
+    while statuses[-2:] != [429, 429]:
+        assert len(statuses) < 300, statuses
+        statuses.append(pool.get("/v1/random?bytes=8", greedy).status)
+    r = pool.get("/v1/random?bytes=8", greedy)
+    assert r.status == 429 and r.headers["content-type"] == "application/problem+json"
+    # The other client, through the same balancer, still has its whole budget.
+    assert [pool.get("/v1/random?bytes=8", polite).status for _ in range(6)] == [200] * 6
+    held = [open_stream(pool.front["stream"], greedy) for _ in range(2 * PEER_STREAMS)]
+    try:
+        assert [got for _, got in held] == [1] * (2 * PEER_STREAMS)  # PEER_STREAMS on each node
+        extra, got = open_stream(pool.front["stream"], greedy)
+        extra.close()
+        assert got == 0, "a third stream of one client on one node was served"
+        assert read_stream(pool.front["stream"], polite, 10_000) == 10_000
+    finally:
+        for s, _ in held:
+            s.close()
+    # A forged header straight to a node, from outside --trusted-proxy, is not read.
+    with socket.create_connection(("127.0.0.1", node1.app.ports["http"]), timeout=10,
+                                  source_address=(greedy, 0)) as s:
+        s.sendall(b"PROXY TCP4 127.0.0.9 127.0.0.1 5555 80\r\nGET /v1/random?bytes=8 HTTP/1.0\r\n\r\n")
+        try:
+            assert s.recv(1024) == b""
+        except ConnectionResetError:
+            pass
+    assert "closed a connection from 127.0.0.2: it is not a trusted proxy" in node1.app.log()
+    # The log names the real client that met the stream limit, not the balancer.
+    assert "refused a connection from 127.0.0.2: it already has 2 open" in node1.app.log() + node2.app.log()
+    proxy = json.loads(node1.ask("/v1/status").body)["proxy"]
+    assert proxy["trusted"] == ["127.0.0.1/32"]
+    connections = proxy["connections"]
+    assert connections["untrusted"] >= 1 and connections["proxied"] >= 10, connections
+    assert connections["local"] >= 1, connections  # HAProxy's health checks
+    metrics = node1.ask("/metrics").body.decode()
+    assert re.search(r'^entropy_proxy_connections_total\{outcome="untrusted"\} [1-9]', metrics, re.M), metrics
+
+    # 3. Node 1's source gets stuck: it fails closed, and HAProxy takes it out.
+    start = time.monotonic()
+    node1.writer.set_mode("stuck")
+    poll("node 1's /health turns 503", lambda: node1.health() == 503, STREAM_END_BOUND)
+    frozen = node1.served()
+    bound = STREAM_END_BOUND + FALL * INTER + SLACK
+    poll("HAProxy marks node 1 down", lambda: pool.state_of("node1") == {"DOWN"},
+         bound - (time.monotonic() - start))
+    assert pool.state_of("node2") == {"UP"}
+    healthy = node2.served()
+    for _ in range(6):
+        r = pool.get("/v1/random?bytes=1000", "127.0.0.5")
+        assert r.status == 200 and len(r.body) == 1000, (r, pool.haproxy_log()[-2000:])
+    for _ in range(2):
+        assert read_stream(pool.front["stream"], "127.0.0.5", 100_000) == 100_000
+    r = http_get(pool.front["https"], "/v1/random?bytes=32", "127.0.0.5", https=context)
+    assert r.status == 200 and len(r.body) == 32
+    assert node1.served() == frozen, "node 1 served bytes after its /health turned 503"
+    now = node2.served()
+    assert grew(healthy, now, "http") >= 6032 and grew(healthy, now, "stream") >= 200_000
+
+    # 4. Node 1 recovers, and HAProxy puts it back in rotation.
+    node1.writer.set_mode("fast")
+    poll("HAProxy marks node 1 up again", lambda: pool.state_of("node1") == {"UP"},
+         RECOVERY_BOUND + RISE * INTER + SLACK, every=0.5)
+    back = node1.served()
+    for _ in range(6):
+        r = pool.get("/v1/random?bytes=1000", "127.0.0.6")
+        assert r.status == 200, r
+    assert grew(back, node1.served(), "http") >= 1000
+    assert pool.haproxy.poll() is None
+
