@@ -37,6 +37,7 @@ from entropy_appliance.app.pipeline import CoreService, build_core
 from entropy_appliance.app.signals import GracefulStop, ReloadService
 from entropy_appliance.app.workers import AdoptedPort, InheritedPort
 from entropy_appliance.net import tls
+from entropy_appliance.net.egd import EgdFactory
 from entropy_appliance.net.limits import GuardedEndpoint, PeerGuard, guard_accepts, with_backlog
 from entropy_appliance.net.memory import HeapTrim
 from entropy_appliance.net.stream import StreamFactory
@@ -159,10 +160,11 @@ class Serving:
     stream: Any
     http: Any
     tls: list[tuple[tls.SSLEndpointSpec, tls.ReloadableContextFactory]]
+    egd: Any = None
 
     def factory(self, kind: str) -> Any:
-        """The protocol factory for ``kind``: the raw stream, or the one Site (for http and https)."""
-        return self.stream if kind == "stream" else self.http
+        """The protocol factory for ``kind``: the raw stream, EGD, or the one Site (for http and https)."""
+        return {"stream": self.stream, "egd": self.egd}.get(kind, self.http)
 
 
 def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, publish_onion: bool,
@@ -178,8 +180,9 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
     pool = core.pool
     guard = PeerGuard(config.peers, reactor)
     stream_factory = StreamFactory(pool, trim=HeapTrim(reactor))
+    egd_factory = EgdFactory(pool)
     tree.add("drain", GracefulStop(guard.inflight, reactor, config.shutdown_timeout,
-                                   close_streams=stream_factory.close_all,
+                                   close_streams=lambda: stream_factory.close_all() + egd_factory.close_all(),
                                    close_http=guard.close_http), "drain")
     status_extras = dict(extras or {})
     onion_targets: dict[str, Any] = {"stream": stream_factory}
@@ -199,7 +202,8 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
         tree.add("onion", onion, "onion")
     contexts = _tls_contexts(config)
     tree.add("signals", ReloadService(reactor, _unique(c for _, c in contexts)), "reload")
-    return Serving(stream=guard.wrap_stream(stream_factory), http=http, tls=contexts)
+    return Serving(stream=guard.wrap_stream(stream_factory), http=http, tls=contexts,
+                   egd=guard.wrap_stream(egd_factory))
 
 
 def _onion_service(config: Config, reactor: Any, targets: dict[str, Any]) -> OnionService | None:
@@ -255,7 +259,7 @@ def _source_text(spec: SourceSpec) -> str:
 def _kinds(config: Config) -> list[str]:
     """The kind of each listener, in the order parent and worker both use."""
     return (["stream"] * len(config.stream) + ["http"] * len(config.http)
-            + ["https"] * len(config.https))
+            + ["https"] * len(config.https) + ["egd"] * len(config.egd))
 
 
 def _listening_endpoints(config: Config, reactor: Any,
@@ -270,6 +274,7 @@ def _listening_endpoints(config: Config, reactor: Any,
     out += [("http", d, serverFromString(reactor, with_backlog(d))) for d in config.http]
     out += [("https", d, tls.ssl_endpoint(reactor, tls.parse_https_endpoint(with_backlog(d)), factory))
             for d, (_, factory) in zip(config.https, contexts, strict=True)]
+    out += [("egd", d, serverFromString(reactor, with_backlog(d))) for d in config.egd]
     return out
 
 

@@ -126,6 +126,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream", "tcp:9000", "Raw TCP byte stream endpoint", "list"),
     Setting("http", "tcp:8080", "Plain HTTP endpoint", "list"),
     Setting("https", "ssl:8443", "HTTPS endpoint ssl:PORT[:interface=..]", "list"),
+    Setting("egd", "none",
+            "EGD (Entropy Gathering Daemon) endpoint for QEMU's rng-egd and egd-linux, e.g. "
+            "unix:/run/entropy-appliance/egd.sock; it has no authentication, so listen only where "
+            "every client is trusted", "list"),
     Setting("tls-key", tls.DEFAULT_KEY,
             "TLS private key (PEM) for ssl: endpoints that name none; the default pair is "
             "generated (self-signed) on first run."),
@@ -265,6 +269,7 @@ class Config:
     onion: OnionConfig | None
     argv: tuple[str, ...] = ()
     http_limits: HTTPLimits = HTTPLimits()
+    egd: tuple[str, ...] = ()
     media: MediaLimits = MediaLimits()
 
     @property
@@ -332,6 +337,7 @@ class Options(EnvironmentOptions):
     opt_stream = _endpoint_option(_setting("stream"))
     opt_http = _endpoint_option(_setting("http"))
     opt_https = _endpoint_option(_setting("https"))
+    opt_egd = _endpoint_option(_setting("egd"))
 
     config: Config
 
@@ -358,6 +364,7 @@ class Options(EnvironmentOptions):
         policy, seed_wait, alpha = self._reseed()
         http = self._endpoints("http", check)
         https = self._https(check)
+        egd = self._endpoints("egd", check)
         tls_config = self._tls(https)
         max_bytes = self._max_bytes()
         onion = self._onion()
@@ -369,7 +376,7 @@ class Options(EnvironmentOptions):
             stream=stream, http=http, https=https, tls=tls_config, max_bytes=max_bytes,
             peers=peers, shutdown_timeout=shutdown_timeout, workers=self._workers(),
             worker=worker, onion=onion, argv=tuple(self.argv), http_limits=http_limits,
-            media=media,
+            media=media, egd=egd,
         )
 
     # -- one check per concern -------------------------------------------------
