@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import random
+import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.python import usage
 from zope.interface.verify import verifyObject
+
+from entropy_appliance.app.build import makeService
+from entropy_appliance.app.options import parse_config
 
 from entropy_appliance.core.egd import (
     EgdCommand,
@@ -24,6 +31,8 @@ from entropy_appliance.core.egd import (
 from entropy_appliance.core.pool import FailClosed, ReseedPolicy, Starved
 from entropy_appliance.core.states import PoolState
 from entropy_appliance.net.egd import EgdFactory, EgdProtocol
+from entropy_appliance.net.limits import PeerLimitedFactory
+from tests.test_build import ThreadCalls, spawner
 from tests.test_pool import seed_fully, slow_pipeline, stuck
 from tests.web_helpers import failed_pool, seeded_pool
 
@@ -400,3 +409,91 @@ def test_close_all_and_connection_lost() -> None:
 def test_backlog_must_be_positive(backlog: int) -> None:
     with pytest.raises(ValueError):
         EgdSession(CountingPool(), PID, backlog=backlog)
+
+
+# -- the option and the listeners of every role ------------------------------------------------
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    return tmp_path
+
+
+NO_WEB = ["--source", "kernel", "--stream", "none", "--http", "none", "--https", "none"]
+
+
+def test_egd_is_off_unless_asked_for() -> None:
+    assert parse_config([]).egd == ()
+    assert parse_config(["--egd", "unix:/run/e.sock", "--egd", "tcp:8888:interface=127.0.0.1"]).egd == (
+        "unix:/run/e.sock", "tcp:8888:interface=127.0.0.1")
+    assert parse_config([], {"ENTROPY_EGD": "unix:/run/e.sock tcp:8888"}).egd == (
+        "unix:/run/e.sock", "tcp:8888")
+    with pytest.raises(usage.UsageError, match="--egd 'tcp:eight' is not a valid server endpoint"):
+        parse_config(["--egd", "tcp:eight"])
+    with pytest.raises(usage.UsageError, match="--egd none cannot be combined"):
+        parse_config(["--egd", "none", "--egd", "tcp:8888"])
+
+
+def test_single_process_listens_for_egd_on_tcp_and_unix(in_tmp: Path) -> None:
+    reactor = MemoryReactorClock()
+    sock = str(in_tmp / "egd.sock")
+    tree = makeService(parse_config([*NO_WEB, "--egd", "tcp:18888:interface=127.0.0.1",
+                                     "--egd", f"unix:{sock}"]), reactor=reactor)
+    listeners = tree.phase("listeners")
+    assert [(s.kind, s.description) for s in listeners] == [  # type: ignore[attr-defined]
+        ("egd", "tcp:18888:interface=127.0.0.1"), ("egd", f"unix:{sock}")]
+    for listener in listeners:
+        listener.privilegedStartService()
+    ((port, tcp_factory, _, interface),) = reactor.tcpServers
+    ((path, unix_factory, *_),) = reactor.unixServers
+    assert (port, interface, path) == (18888, "127.0.0.1", sock)
+    for factory in (tcp_factory, unix_factory):
+        # Behind the per-peer limits of the raw stream.
+        assert isinstance(factory, PeerLimitedFactory)
+        assert isinstance(factory.wrappedFactory, EgdFactory)
+        assert factory.connections is not None and factory.connections.limit == 64
+
+
+def test_stop_closes_egd_connections(in_tmp: Path) -> None:
+    reactor = MemoryReactorClock()
+    ThreadCalls(reactor)
+    tree = makeService(parse_config([*NO_WEB, "--egd", "tcp:18888"]), reactor=reactor)
+    tree.privilegedStartService()
+    tree.startService()
+    ((_, factory, *_),) = reactor.tcpServers
+    client = IPv4Address("TCP", "127.0.0.1", 40000)
+    transport = StringTransport(peerAddress=client)
+    factory.buildProtocol(client).makeConnection(transport)
+    tree.stopService()
+    assert transport.disconnecting
+
+
+def test_parent_holds_the_egd_socket_and_a_worker_serves_it(in_tmp: Path) -> None:
+    reactor = MemoryReactorClock()
+    spawner(reactor)
+    args = [*NO_WEB, "--http", "tcp:18080:interface=127.0.0.1", "--egd", "tcp:18888:interface=127.0.0.1"]
+    args.remove("--http")
+    args.remove("none")
+    parent = makeService(parse_config([*args, "--workers", "2"]), reactor=reactor)
+    assert [p.kind for p in parent.phase("listeners")] == ["http", "egd"]  # type: ignore[attr-defined]
+    socks = [socket.socket() for _ in range(2)]
+    fds = [os.dup(s.fileno()) for s in socks]
+    try:
+        worker = makeService(parse_config([*args, "--workers", "2", "--worker-fds",
+                                           f"http:{fds[0]}:INET,egd:{fds[1]}:INET",
+                                           "--worker-index", "1"]), reactor=reactor)
+        for listener in worker.phase("listeners"):
+            listener.startService()
+        (_, _, http), (_, _, egd) = reactor.adoptedPorts
+        assert isinstance(egd.wrappedFactory, EgdFactory)
+        assert not isinstance(http.wrappedFactory, EgdFactory)
+    finally:
+        for s in socks:
+            s.close()
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # adopted: the worker closed its copy
