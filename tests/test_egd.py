@@ -19,7 +19,6 @@ from zope.interface.verify import verifyObject
 
 from entropy_appliance.app.build import makeService
 from entropy_appliance.app.options import parse_config
-
 from entropy_appliance.core.egd import (
     EgdCommand,
     EgdParser,
