@@ -339,24 +339,29 @@ class RunningGuest:
         return GuestResult(text, self.process.returncode, time.monotonic() - self.started, lines)
 
 
-def start(kit: GuestKit, chardev: str, *, workdir: Path, name: str = "guest", nbytes: int = 65536,
+def start(kit: GuestKit, chardev: str | None, *, workdir: Path, name: str = "guest", nbytes: int = 65536,
           read_timeout: float = 30, timeout: float = 90, dd: bool = False) -> RunningGuest:
     """
     Start the guest with its virtio-rng on an ``rng-egd`` backend over
-    ``chardev`` (a ``-chardev`` value whose id is ``c0``); it reads
+    ``chardev`` (a ``-chardev`` value whose id is ``c0``; None: QEMU's
+    ``rng-random`` backend on /dev/urandom instead); it reads
     ``nbytes`` within ``read_timeout`` seconds, and QEMU is killed after
     ``timeout`` seconds at the latest.
     """
     console = workdir / f"{name}.console"
     append = (f"egd_bytes={nbytes} egd_timeout={int(read_timeout)}" + (" egd_dd=1" if dd else ""))
-    rng = ["-chardev", chardev, "-object", "rng-egd,id=rng0,chardev=c0",
-           "-device", "virtio-rng-pci,rng=rng0"]
+    if chardev is None:
+        # QEMU's own backend: the host's /dev/urandom (the ceiling of virtio-rng itself).
+        rng = ["-object", "rng-random,id=rng0,filename=/dev/urandom"]
+    else:
+        rng = ["-chardev", chardev, "-object", "rng-egd,id=rng0,chardev=c0"]
+    rng += ["-device", "virtio-rng-pci,rng=rng0"]
     cmd = _qemu(kit, accelerator(kit, workdir), append, console, rng)
     with open(workdir / f"{name}.qemu.log", "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     return RunningGuest(process, console, time.monotonic(), timeout)
 
 
-def boot(kit: GuestKit, chardev: str, *, workdir: Path, **kwargs: Any) -> GuestResult:
+def boot(kit: GuestKit, chardev: str | None, *, workdir: Path, **kwargs: Any) -> GuestResult:
     """:func:`start` the guest and wait for it to finish."""
     return start(kit, chardev, workdir=workdir, **kwargs).finish()
