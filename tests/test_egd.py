@@ -496,3 +496,46 @@ def test_parent_holds_the_egd_socket_and_a_worker_serves_it(in_tmp: Path) -> Non
                 os.close(fd)
             except OSError:
                 pass  # adopted: the worker closed its copy
+
+
+class NoDelayTransport(StringTransport):
+    """A TCP-like transport that records TCP_NODELAY."""
+
+    no_delay = False
+
+    def setTcpNoDelay(self, enabled: bool) -> None:  # noqa: N802 - the transport's name
+        self.no_delay = enabled
+
+
+class UnixLikeTransport(StringTransport):
+    """A unix socket's transport: it has the method, and the socket refuses the option."""
+
+    def setTcpNoDelay(self, enabled: bool) -> None:  # noqa: N802
+        raise OSError(95, "Operation not supported")
+
+
+def test_replies_are_not_held_back_by_nagle() -> None:
+    factory = EgdFactory(seeded_pool(), pid=PID)
+    tcp = NoDelayTransport()
+    factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5555)).makeConnection(tcp)
+    assert tcp.no_delay
+    unix = UnixLikeTransport()
+    proto = factory.buildProtocol(None)
+    proto.makeConnection(unix)
+    proto.dataReceived(b"\x02\x08")
+    assert len(unix.value()) == 8
+
+
+def test_a_run_of_blocking_reads_stops_at_the_step_size_and_at_other_commands() -> None:
+    p = EgdParser()
+    p.feed(b"\x02\xff" * 10 + b"\x00" + b"\x02\x01")
+    assert p.next_blocking_run(100, 3 * 255 + 10) == (3, 3 * 255)
+    assert p.next_blocking_run(5, 10_000) == (5, 5 * 255)
+    assert p.next_blocking_run(100, 10_000) == (2, 2 * 255)
+    assert p.next_blocking_run(100, 10_000) == (0, 0)
+    assert p.next() == EgdRequest(EgdCommand.ENTROPY)
+    assert p.next_blocking_run(100, 10_000) == (1, 1)
+    p.feed(b"\x02")
+    assert p.next_blocking_run(100, 10_000) == (0, 0)  # the size has not arrived yet
+    p.feed(b"\x07")
+    assert p.next_blocking_run(100, 10_000) == (1, 7)

@@ -48,6 +48,8 @@ that the connection stops reading until the backlog drains.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -183,17 +185,21 @@ class EgdParser:
         reads: no request object is made for them.
         """
         buf, pos = self._buf, self._pos
-        end = len(buf) - 1
-        count = size = 0
-        while count < limit and pos < end and buf[pos] == EgdCommand.READ_BLOCKING:
-            n = buf[pos + 1]
-            if size + n > total:
-                break
-            size += n
-            count += 1
-            pos += 2
+        if self.error is not None or len(buf) - pos < 2 or buf[pos] != EgdCommand.READ_BLOCKING:
+            return 0, 0
+        # Whole requests only, at most ``limit``: the command bytes are at even
+        # offsets from ``pos``; the run ends at the first one that is not 0x02.
+        pairs = min(limit, (len(buf) - pos) // 2)
+        commands = bytes(buf[pos:pos + 2 * pairs:2])
+        count = pairs - len(commands.lstrip(b"\x02"))
+        sizes = buf[pos + 1:pos + 2 * count:2]
+        size = sum(sizes)
+        if size > total:
+            # Fewer, so that the run stays within ``total`` bytes.
+            count = bisect.bisect_right(list(itertools.accumulate(sizes)), total)
+            size = sum(sizes[:count])
         if count:
-            self._advance(pos - self._pos)
+            self._advance(2 * count)
         return count, size
 
     def _advance(self, n: int) -> None:
@@ -304,7 +310,8 @@ class EgdSession:
             request = parser.next()
             if request is None:
                 return
-            queue.append(request)
+            # A blocking read is always answered as a run, even a run of one.
+            queue.append((1, request.n) if request.command is EgdCommand.READ_BLOCKING else request)
             self._pending += 1
 
     # -- output -----------------------------------------------------------------

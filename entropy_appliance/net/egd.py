@@ -65,6 +65,14 @@ class EgdProtocol(Protocol):
         """Answer as the transport drains: a push producer on it."""
         transport: Any = self.transport
         assert transport is not None
+        no_delay = getattr(transport, "setTcpNoDelay", None)
+        if no_delay is not None:
+            # Replies are small and answer requests: Nagle's algorithm would hold
+            # one back until the client acknowledged the one before.
+            try:
+                no_delay(True)
+            except OSError:
+                pass  # a unix socket: nothing to turn off
         transport.registerProducer(self, True)
 
     def dataReceived(self, data: bytes) -> None:
