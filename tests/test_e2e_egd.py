@@ -1,0 +1,94 @@
+"""
+End to end: ``twist entropy --egd ...`` as a subprocess and a plain socket
+client speaking EGD: served by the workers of ``--workers 2``, and held to
+the raw stream's per-peer limits.  (QEMU as the client:
+``tests/test_e2e_egd_qemu.py``.)
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from tests.test_e2e_starvation import poll, serving, status
+from tests.twistd_helpers import Appliance, start_appliance
+
+pytestmark = pytest.mark.e2e
+
+EGD_PORT = {"egd": "--egd=tcp:{port}:interface=127.0.0.1"}
+
+
+def connect(app: Appliance) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", app.ports["egd"]), timeout=10)
+
+
+def read_exactly(s: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        assert chunk, f"closed after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)
+
+
+def closed_within(s: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``s`` within ``seconds`` (nothing else arrives meanwhile)."""
+    s.settimeout(seconds)
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def parent_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid for {pid}")
+
+
+def test_workers_answer_egd(tmp_path: Path) -> None:
+    app = start_appliance(tmp_path, "--source", "kernel", "--workers", "2", "--https", "none",
+                          "--stream", "none", ports=EGD_PORT)
+    try:
+        poll("the workers serve", lambda: serving(app), 60)
+        with connect(app) as s:
+            s.sendall(b"\x04\x00" + b"\x02\xff" * 4 + b"\x01\x20")
+            length = read_exactly(s, 1)[0]
+            pid = int(read_exactly(s, length))
+            (bits,) = struct.unpack(">I", read_exactly(s, 4))
+            data = read_exactly(s, 4 * 255)
+            count = read_exactly(s, 1)[0]
+            more = read_exactly(s, count)
+        # A worker answered, not the parent that reads the source.
+        assert pid != app.pid and parent_of(pid) == app.pid
+        assert bits == 384
+        assert len(set(data[i:i + 16] for i in range(0, 1008, 16))) == 63
+        assert count == 32 and len(more) == 32
+        assert status(app)["state"] == "ok"
+    finally:
+        app.stop()
+
+
+def test_per_peer_limits_hold_egd_connections(tmp_path: Path) -> None:
+    app = start_appliance(tmp_path, "--source", "kernel", "--https", "none", "--stream", "none",
+                          "--peer-streams", "1", "--idle-timeout", "2", ports=EGD_PORT)
+    try:
+        poll("the appliance serves", lambda: serving(app), 30)
+        with connect(app) as first:
+            first.sendall(b"\x02\x10")
+            assert len(read_exactly(first, 16)) == 16
+            with connect(app) as second:
+                # Past --peer-streams the connection is closed at once, unanswered.
+                second.sendall(b"\x02\x10")
+                assert closed_within(second, 10)
+            # Silent past --idle-timeout: closed.
+            assert closed_within(first, 30)
+        assert status(app)["served"]["egd"] == 16
+    finally:
+        app.stop()
