@@ -1,20 +1,27 @@
 """
 End to end: ``twist entropy --egd ...`` as a subprocess and a plain socket
-client speaking EGD: served by the workers of ``--workers 2``, and held to
-the raw stream's per-peer limits.  (QEMU as the client:
+client speaking EGD: served by the workers of ``--workers 2``, held to the raw
+stream's per-peer limits, and on the unix socket of the systemd unit.  (QEMU as the client:
 ``tests/test_e2e_egd_qemu.py``.)
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import signal
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.test_e2e_starvation import poll, serving, status
-from tests.twistd_helpers import Appliance, start_appliance
+from tests.twistd_helpers import REPO_ROOT, Appliance, start_appliance
 
 pytestmark = pytest.mark.e2e
 
@@ -92,3 +99,45 @@ def test_per_peer_limits_hold_egd_connections(tmp_path: Path) -> None:
         assert status(app)["served"]["egd"] == 16
     finally:
         app.stop()
+
+
+def test_socket_activated_as_the_egd_unit_says(tmp_path: Path) -> None:
+    """
+    The socket unit's unix socket, handed over by systemd-socket-activate
+    with the name ``egd``, and ``ENTROPY_EGD`` as the unit's comment sets it.
+    """
+    short = Path(tempfile.mkdtemp(prefix="egd-", dir="/tmp"))
+    sock = short / "egd.sock"
+    unit = (REPO_ROOT / "contrib/systemd/entropy-appliance-egd.socket").read_text()
+    (setting,) = re.findall(r"Environment=(ENTROPY_EGD=\S+)", unit)
+    (name,) = re.findall(r"^FileDescriptorName=(\S+)$", unit, flags=re.M)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENTROPY_")}
+    cmd = ["systemd-socket-activate", "-l", str(sock), f"--fdname={name}", "-E", f"PYTHONPATH={REPO_ROOT}",
+           "-E", "PATH", "-E", setting, "--", sys.executable, "-c",
+           "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "--logfile=-", "entropy",
+           "--source", "kernel", "--stream", "none", "--http", "none", "--https", "none"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def listening() -> bool:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else b""
+            return sock.exists()
+
+        poll("systemd-socket-activate listens", listening, 30)
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(60)
+            # The first connection starts twistd; it waits in the backlog meanwhile.
+            s.connect(str(sock))
+            s.sendall(b"\x02\x20\x00")
+            data = read_exactly(s, 32 + 4)
+        assert len(set(data[:32])) > 8 and data[32:] == struct.pack(">I", 384)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            out = proc.communicate(timeout=30)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out = proc.communicate(timeout=10)[0].decode(errors="replace")
+        shutil.rmtree(short, ignore_errors=True)
+    assert proc.returncode in (0, -signal.SIGTERM), out
+    assert "Traceback" not in out, out
