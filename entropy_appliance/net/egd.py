@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from entropy_appliance.core.egd import DEFAULT_BACKLOG, EgdPool, EgdSession
+from entropy_appliance.core.egd import DEFAULT_BACKLOG, EgdSession
 from entropy_appliance.core.pool import FailClosed, SeedPool
 from entropy_appliance.net.waiting import when_ready
 
@@ -195,8 +195,7 @@ class EgdFactory(Factory):
 
     def __init__(self, pool: SeedPool, backlog: int = DEFAULT_BACKLOG,
                  pid: int | Callable[[], int] = os.getpid) -> None:
-        self.pool: EgdPool = pool
-        self._seed_pool = pool
+        self.pool = pool
         self.backlog = backlog
         self.pid = pid
         #: Open connections, so that a stop can close them.
@@ -204,7 +203,7 @@ class EgdFactory(Factory):
 
     def buildProtocol(self, addr: IAddress | None) -> EgdProtocol:
         """A new EGD connection for ``addr``."""
-        p = EgdProtocol(self._seed_pool, self.backlog, self.pid)
+        p = EgdProtocol(self.pool, self.backlog, self.pid)
         p.factory = self
         self.live.add(p)
         return p
