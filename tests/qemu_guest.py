@@ -11,7 +11,8 @@ have built in, in dependency order (read from each module's ``depends=``).
 Its init loads them, reads ``egd_bytes`` bytes from ``/dev/hwrng`` (killed
 after ``egd_timeout`` seconds if the read blocks), prints on the serial
 console the count, the SHA-256 and ``/sys/class/misc/hw_random/rng_current``
-as ``EGD-GUEST key=value`` lines, and powers off.  ``egd_dd=1`` reads with
+as ``EGD-GUEST key=value`` lines, and powers off; with ``egd_pause=N`` it
+reads as much again N seconds later.  ``egd_dd=1`` reads with
 ``dd`` instead and prints its figures (for the benchmark).
 
 Usage::
@@ -70,6 +71,11 @@ echo "EGD-GUEST read_start=$start"
 echo "EGD-GUEST read_end=$end"
 echo "EGD-GUEST count=$(wc -c < /tmp/out)"
 echo "EGD-GUEST sha256=$(sha256sum /tmp/out | cut -d ' ' -f 1)"
+if [ "${egd_pause:-0}" -gt 0 ]; then
+    sleep $egd_pause
+    timeout -s KILL $t head -c $n /dev/hwrng > /tmp/again
+    echo "EGD-GUEST count_again=$(wc -c < /tmp/again)"
+fi
 echo "EGD-GUEST done=1"
 poweroff -f
 """
@@ -340,16 +346,18 @@ class RunningGuest:
 
 
 def start(kit: GuestKit, chardev: str | None, *, workdir: Path, name: str = "guest", nbytes: int = 65536,
-          read_timeout: float = 30, timeout: float = 90, dd: bool = False) -> RunningGuest:
+          read_timeout: float = 30, timeout: float = 90, dd: bool = False, pause: int = 0) -> RunningGuest:
     """
     Start the guest with its virtio-rng on an ``rng-egd`` backend over
     ``chardev`` (a ``-chardev`` value whose id is ``c0``; None: QEMU's
     ``rng-random`` backend on /dev/urandom instead); it reads
-    ``nbytes`` within ``read_timeout`` seconds, and QEMU is killed after
-    ``timeout`` seconds at the latest.
+    ``nbytes`` within ``read_timeout`` seconds (and, with ``pause``, as
+    many again that many seconds later: ``count_again``), and QEMU is
+    killed after ``timeout`` seconds at the latest.
     """
     console = workdir / f"{name}.console"
-    append = (f"egd_bytes={nbytes} egd_timeout={int(read_timeout)}" + (" egd_dd=1" if dd else ""))
+    append = (f"egd_bytes={nbytes} egd_timeout={int(read_timeout)} egd_pause={int(pause)}"
+              + (" egd_dd=1" if dd else ""))
     if chardev is None:
         # QEMU's own backend: the host's /dev/urandom (the ceiling of virtio-rng itself).
         rng = ["-object", "rng-random,id=rng0,filename=/dev/urandom"]

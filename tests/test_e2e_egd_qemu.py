@@ -142,3 +142,24 @@ def test_a_guest_reads_nothing_while_the_source_has_failed(kit: GuestKit, tmp_pa
     assert doc["state"] == "failed"
     assert int(doc["served"].get("egd", 0)) == before
     assert took < BOOT_BOUND
+
+
+def test_a_quiet_guest_is_not_cut_off_by_the_idle_timeout(kit: GuestKit, tmp_path: Path) -> None:
+    """
+    QEMU keeps its connection for the life of the guest, and the guest asks
+    only now and then: a pause longer than ``--idle-timeout`` costs it
+    nothing.  (QEMU never resends a request that was in flight when its
+    connection closed, so a close there would leave the guest waiting.)
+    """
+    app = start_appliance(tmp_path, "--source", "kernel", "--https", "none", "--stream", "none",
+                          "--idle-timeout", "2", ports={"egd": "--egd=tcp:{port}:interface=127.0.0.1"})
+    try:
+        poll("the appliance serves", lambda: serving(app), 30)
+        result = boot(kit, f"socket,id=c0,host=127.0.0.1,port={app.ports['egd']}", workdir=tmp_path,
+                      name="quiet", nbytes=GUEST_BYTES, pause=6, timeout=BOOT_BOUND)
+        assert app.process.poll() is None
+    finally:
+        app.stop()
+    assert result.done, f"the guest did not finish (QEMU exit {result.returncode}):\n{result.console[-3000:]}"
+    assert result.count == GUEST_BYTES, result.lines
+    assert result.lines.get("count_again") == str(GUEST_BYTES), result.lines

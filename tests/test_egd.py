@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python import usage
@@ -27,10 +28,11 @@ from entropy_appliance.core.egd import (
     UnknownCommand,
     encode_request,
 )
+from entropy_appliance.core.peers import PeerPolicy
 from entropy_appliance.core.pool import FailClosed, ReseedPolicy, Starved
 from entropy_appliance.core.states import PoolState
 from entropy_appliance.net.egd import EgdFactory, EgdProtocol
-from entropy_appliance.net.limits import PeerLimitedFactory
+from entropy_appliance.net.limits import PeerGuard, PeerLimitedFactory
 from tests.test_build import ThreadCalls, spawner
 from tests.test_pool import seed_fully, slow_pipeline, stuck
 from tests.web_helpers import failed_pool, seeded_pool
@@ -539,3 +541,42 @@ def test_a_run_of_blocking_reads_stops_at_the_step_size_and_at_other_commands() 
     assert p.next_blocking_run(100, 10_000) == (0, 0)  # the size has not arrived yet
     p.feed(b"\x07")
     assert p.next_blocking_run(100, 10_000) == (1, 7)
+
+
+# -- the idle timeout --------------------------------------------------------------------------
+
+
+def egd_stack(idle: float) -> tuple[PeerLimitedFactory, Clock]:
+    clock = Clock()
+    guard = PeerGuard(PeerPolicy(idle_timeout=idle, bandwidth=0), clock)
+    return guard.wrap_stream(EgdFactory(seeded_pool(clock), pid=PID)), clock
+
+
+def egd_connect(factory: PeerLimitedFactory, port: int) -> tuple[Any, StringTransport]:
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.1", port))
+    proto = factory.buildProtocol(transport.getPeer())
+    assert proto is not None
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_a_client_that_asks_for_nothing_is_not_idle() -> None:
+    """QEMU keeps its connection for the life of the guest, and asks only now and then."""
+    factory, clock = egd_stack(idle=30)
+    proto, transport = egd_connect(factory, 1)
+    proto.dataReceived(b"\x02\x10")
+    assert len(transport.value()) == 16
+    clock.advance(300)
+    assert not transport.disconnecting
+    proto.dataReceived(b"\x02\x10")
+    assert len(transport.value()) == 32
+
+
+def test_a_client_that_does_not_read_its_replies_is_idle() -> None:
+    factory, clock = egd_stack(idle=30)
+    proto, transport = egd_connect(factory, 2)
+    transport.producer.pauseProducing()  # its socket is full: the client stopped reading
+    proto.dataReceived(b"\x02\x10" * 3)
+    assert transport.value() == b""
+    clock.advance(31)
+    assert transport.disconnecting

@@ -20,7 +20,9 @@ Each connection answers its requests in order as the pool allows:
 
 The per-peer limits (``--peer-streams``, ``--peer-bandwidth``,
 ``--idle-timeout``) wrap the factory as they wrap the raw stream's
-(:meth:`~entropy_appliance.net.limits.PeerGuard.wrap_stream`).
+(:meth:`~entropy_appliance.net.limits.PeerGuard.wrap_stream`); the idle
+timeout closes a connection only while it owes its client replies
+(:meth:`EgdProtocol.quiet_by_right`).
 """
 
 from __future__ import annotations
@@ -96,6 +98,17 @@ class EgdProtocol(Protocol):
     def stopProducing(self) -> None:
         """The connection is going away."""
         self._finish()
+
+    def quiet_by_right(self) -> bool:
+        """
+        True while nothing is owed the client: every request it sent is
+        answered.  The idle timeout then lets the connection be: QEMU keeps
+        one open for the life of a virtual machine and asks only when its
+        guest wants entropy.  A connection that owes replies (its client
+        does not read them, or they wait for seed) is idle as a raw stream
+        is.
+        """
+        return not self._done and self.session.pending == 0 and self.session.buffered == 0
 
     # -- answering ------------------------------------------------------------------
 
