@@ -304,18 +304,36 @@ def test_service_unit_hardening_and_readiness() -> None:
     assert args[:3] == ["--nodaemon", "--pidfile=", "entropy"]
 
 
+#: Socket units that the service does not require: off unless the operator turns them on.
+OPTIONAL_SOCKETS = {"egd"}
+
+
 def test_each_named_socket_has_its_own_unit_and_flag() -> None:
     sockets = socket_units()
-    assert sorted(sockets) == ["http", "https", "stream"]
+    assert sorted(sockets) == ["egd", "http", "https", "stream"]
     args = exec_start_args()
     for name, path in sockets.items():
+        if name in OPTIONAL_SOCKETS:
+            continue
         unit = read_unit(path)
         assert values(unit, "Socket", "Service") == ["entropy-appliance.service"]
         assert f"systemd:domain=INET:name={name}" in args
         assert args[args.index(f"systemd:domain=INET:name={name}") - 1] == f"--{name}"
     service = read_unit(UNITS / "entropy-appliance.service")
     required = " ".join(values(service, "Unit", "Requires")).split()
-    assert sorted(required) == sorted(p.name for p in sockets.values())
+    assert sorted(required) == sorted(p.name for n, p in sockets.items() if n not in OPTIONAL_SOCKETS)
+
+
+def test_the_egd_socket_is_a_unix_socket_turned_on_by_its_variable() -> None:
+    """EGD has no authentication: a unix socket whose group says who may connect, off by default."""
+    path = socket_units()["egd"]
+    unit = read_unit(path)
+    assert values(unit, "Socket", "Service") == ["entropy-appliance.service"]
+    (listen,) = values(unit, "Socket", "ListenStream")
+    assert listen.startswith("/run/entropy-appliance/")
+    assert values(unit, "Socket", "SocketMode") == ["0660"]
+    assert "--egd" not in exec_start_args()
+    assert "Environment=ENTROPY_EGD=systemd:domain=UNIX:name=egd" in path.read_text()
 
 
 def test_systemd_analyze_verify(tmp_path: Path) -> None:

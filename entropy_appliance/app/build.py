@@ -40,6 +40,7 @@ from entropy_appliance.app.pipeline import CoreService, build_core
 from entropy_appliance.app.signals import GracefulStop, ReloadService
 from entropy_appliance.app.workers import AdoptedPort, InheritedPort
 from entropy_appliance.net import tls
+from entropy_appliance.net.egd import EgdFactory
 from entropy_appliance.net.limits import GuardedEndpoint, PeerGuard, guard_accepts, with_backlog
 from entropy_appliance.net.memory import HeapTrim
 from entropy_appliance.net.proxy import PROXY_OUTCOMES, ProxyHeaderFactory, TrustedProxies, split_proxy
@@ -179,7 +180,7 @@ def listeners(config: Config) -> list[ListenerSpec]:
     """
     out: list[ListenerSpec] = []
     for kind, descriptions in (("stream", config.stream), ("http", config.http),
-                               ("https", config.https)):
+                               ("https", config.https), ("egd", config.egd)):
         for index, description in enumerate(descriptions):
             socket, proxied = split_proxy(description)
             out.append(ListenerSpec(kind, description, with_backlog(socket), proxied, index))
@@ -195,15 +196,16 @@ class Serving:
     tls: list[tuple[tls.SSLEndpointSpec, tls.ReloadableContextFactory]]
     #: Built by :func:`_serve` when some listener is ``haproxy:``: wraps a factory in the PROXY layer.
     proxy: Callable[[Any], Any] | None = None
+    egd: Any = None
 
     def factory(self, listener: ListenerSpec) -> Any:
         """
-        The protocol factory of ``listener``: the raw stream, or the one Site
-        (for http and https); TLS around it for https; and the PROXY header
+        The protocol factory of ``listener``: the raw stream, EGD, or the one
+        Site (for http and https); TLS around it for https; and the PROXY header
         reader outermost for a ``haproxy:`` listener, since the header comes
         before anything else on the connection, a TLS ClientHello included.
         """
-        factory = self.stream if listener.kind == "stream" else self.http
+        factory = {"stream": self.stream, "egd": self.egd}.get(listener.kind, self.http)
         if listener.kind == "https":
             factory = tls.TLSServerFactory(self.tls[listener.index][1], False, factory)
         if listener.proxied:
@@ -225,8 +227,9 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
     pool = core.pool
     guard = PeerGuard(config.peers, reactor)
     stream_factory = StreamFactory(pool, trim=HeapTrim(reactor))
+    egd_factory = EgdFactory(pool)
     tree.add("drain", GracefulStop(guard.inflight, reactor, config.shutdown_timeout,
-                                   close_streams=stream_factory.close_all,
+                                   close_streams=lambda: stream_factory.close_all() + egd_factory.close_all(),
                                    close_http=guard.close_http), "drain")
     status_extras = dict(extras or {})
     onion_targets: dict[str, Any] = {"stream": stream_factory}
@@ -249,7 +252,8 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
         tree.add("onion", onion, "onion")
     contexts = _tls_contexts(config)
     tree.add("signals", ReloadService(reactor, _unique(c for _, c in contexts)), "reload")
-    return Serving(stream=guard.wrap_stream(stream_factory), http=http, tls=contexts, proxy=proxy)
+    return Serving(stream=guard.wrap_stream(stream_factory), http=http, tls=contexts, proxy=proxy,
+                   egd=guard.wrap_stream(egd_factory))
 
 
 def _proxy_layer(config: Config, reactor: Any,

@@ -140,6 +140,10 @@ SETTINGS: tuple[Setting, ...] = (
             "IP network (CIDR) of the load balancers whose PROXY headers the haproxy:... listeners "
             "believe; a connection from any other address to such a listener is closed unread",
             "list"),
+    Setting("egd", "none",
+            "EGD (Entropy Gathering Daemon) endpoint for QEMU's rng-egd and egd-linux, e.g. "
+            "unix:/run/entropy-appliance/egd.sock; it has no authentication, so listen only where "
+            "every client is trusted", "list"),
     Setting("tls-key", tls.DEFAULT_KEY,
             "TLS private key (PEM) for ssl: endpoints that name none; the default pair is "
             "generated (self-signed) on first run."),
@@ -289,6 +293,7 @@ class Config:
     onion: OnionConfig | None
     argv: tuple[str, ...] = ()
     http_limits: HTTPLimits = HTTPLimits()
+    egd: tuple[str, ...] = ()
     media: MediaLimits = MediaLimits()
     compat: CompatConfig = CompatConfig()
     #: ``--trusted-proxy``: the networks whose PROXY headers ``haproxy:`` listeners believe.
@@ -360,6 +365,7 @@ class Options(EnvironmentOptions):
     opt_http = _endpoint_option(_setting("http"))
     opt_https = _endpoint_option(_setting("https"))
     opt_trusted_proxy = _endpoint_option(_setting("trusted-proxy"))
+    opt_egd = _endpoint_option(_setting("egd"))
 
     config: Config
 
@@ -386,7 +392,8 @@ class Options(EnvironmentOptions):
         policy, seed_wait, alpha = self._reseed()
         http = self._endpoints("http", check)
         https = self._https(check)
-        trusted_proxies = self._trusted_proxies([*stream, *http, *https])
+        egd = self._endpoints("egd", check)
+        trusted_proxies = self._trusted_proxies([*stream, *http, *https, *egd])
         tls_config = self._tls(https)
         max_bytes = self._max_bytes()
         onion = self._onion()
@@ -399,7 +406,7 @@ class Options(EnvironmentOptions):
             stream=stream, http=http, https=https, tls=tls_config, max_bytes=max_bytes,
             peers=peers, shutdown_timeout=shutdown_timeout, workers=self._workers(),
             worker=worker, onion=onion, argv=tuple(self.argv), http_limits=http_limits,
-            media=media, compat=compat, trusted_proxies=trusted_proxies,
+            media=media, compat=compat, trusted_proxies=trusted_proxies, egd=egd,
         )
 
     # -- one check per concern -------------------------------------------------

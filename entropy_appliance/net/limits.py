@@ -15,7 +15,8 @@ accounting of :mod:`entropy_appliance.core.peers`, built on
   for clients that hold no connection yet;
 - :class:`PeerProtocol` (a ``ProtocolWrapper`` with ``TimeoutMixin``) closes
   connections idle for ``--idle-timeout`` seconds (nothing read or written:
-  for a raw stream that means a client that stopped reading), and throttles
+  for a raw stream that means a client that stopped reading; an EGD client
+  that asks for nothing is quiet by right and stays), and throttles
   writes past ``--peer-bandwidth`` by holding back the producer registered
   on the transport;
 - :class:`InFlight` counts responses in flight, for a graceful stop;
@@ -301,7 +302,15 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
         super().connectionLost(reason)
 
     def timeoutConnection(self) -> None:
-        """Nothing was read or written for the idle timeout."""
+        """
+        Nothing was read or written for the idle timeout: close, unless the
+        protocol above says its silence is its client's right (an EGD client
+        that asks for nothing: ``quiet_by_right()``); then watch on.
+        """
+        quiet_by_right = getattr(self.wrappedProtocol, "quiet_by_right", None)
+        if quiet_by_right is not None and quiet_by_right():
+            self.setTimeout(self.factory.policy.idle_timeout)
+            return
         _log.debug("closing idle connection from {peer}", peer=self.peer)
         self.transport.abortConnection()
 
