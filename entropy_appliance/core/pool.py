@@ -510,12 +510,17 @@ class SeedPool:
         return self.feeds[0].read_size()
 
     def _pull(self, feed: SourceFeed) -> None:
-        if (
-            feed.producer is not None
-            and not feed.pulling
-            and len(feed.buffer) < self.target(feed)
-            and feed.state is not SourceState.FAILED
-        ):
+        if feed.producer is None or feed.pulling or feed.state is SourceState.FAILED:
+            return
+        target = self.target(feed)
+        # A buffer that is merely topped up waits until a quarter of it is
+        # gone, so that each read brings a useful amount rather than the few
+        # samples of one reseed; a pool that waits for seed reads at once.
+        if feed.wanted or self._starved_since is not None or feed.state is not SourceState.OK:
+            low = target
+        else:
+            low = target - target // 4
+        if len(feed.buffer) < low:
             feed.pulling = True
             feed.producer.resumeProducing()
 
