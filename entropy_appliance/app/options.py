@@ -451,10 +451,12 @@ class Options(EnvironmentOptions):
         if specs[0].kind != "auto" and count > len(specs):
             raise usage.UsageError(f"--min-sources {int(count)} is more than the {len(specs)} "
                                    f"source{'s' if len(specs) > 1 else ''} given: it could never be met")
+        if missing and len(specs) == 1:
+            raise usage.UsageError(f"--source: {missing[0]}")
         if missing and len(specs) - len(missing) < count:
-            raise usage.UsageError(f"--source: {'; '.join(missing)}; without "
-                                   f"{'it' if len(missing) == 1 else 'them'} fewer than --min-sources "
-                                   f"{int(count)} could ever be healthy at startup")
+            raise usage.UsageError(f"--source: {'; '.join(missing)}; the other sources cannot meet "
+                                   f"--min-sources {int(count)} (a device that is missing at startup "
+                                   "is retried only while the others can serve)")
         min_entropy = None
         if self["min-entropy"] is not None:
             min_entropy = self._ranged("min-entropy", 0, 8, "must be a number with 0 < H <= 8", above=True)
