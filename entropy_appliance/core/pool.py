@@ -1,30 +1,41 @@
 """
 The seed pool and the reseed policy.
 
-The pool is the consumer of the source producer: raw chunks arrive through
-:meth:`SeedPool.write`, pass the SP 800-90B health tests, and the approved
-samples wait in a bounded buffer.  The pool owns the one CTR_DRBG of the
-process and is the only path by which random bytes leave it
+Each source has a :class:`~entropy_appliance.core.feed.SourceFeed`, the
+consumer of that source's producer: raw chunks arrive through its
+``write``, pass that source's SP 800-90B health tests (cutoffs from its own
+claimed min-entropy), and the approved samples wait in its bounded buffer.
+(A pool of one source is also that source's consumer itself:
+:meth:`SeedPool.write`.)  The pool owns the one CTR_DRBG of the process and
+is the only path by which random bytes leave it
 (:meth:`SeedPool.random_bytes`).
 
 The policy, in one place:
 
 - The DRBG is instantiated only from approved samples: enough of them to
-  carry ``reseed_bits * 3/2`` bits at the claimed min-entropy (entropy input
-  plus nonce, SP 800-90A §8.6.7).
+  carry ``reseed_bits`` bits of entropy input and half as much of nonce
+  (SP 800-90A §8.6.7).
 - It is reseeded with ``reseed_bits`` worth of approved samples whenever
   ``reseed_interval`` seconds or ``reseed_bytes`` of output have passed.
+- Each seed takes samples from every healthy source that has any, credited
+  with each source's own claim, the credit split evenly among them
+  (:func:`~entropy_appliance.core.feed.allot`), concatenated in the order
+  the sources were given; the derivation function conditions the whole.
+  A source still in its startup test joins from the next reseed.
 - Two states stop output, and they are kept apart (:class:`PoolState`):
 
-  * *failed*: the source failed its health tests or cannot be read.  The
-    pool fails closed at once: :meth:`random_bytes` raises
+  * *failed*: fewer than ``min_sources`` sources are healthy (with one
+    source: it failed its health tests or cannot be read).  A source that
+    fails is left out of every seed, its buffer dropped, until it passes
+    its startup test again.  The pool fails closed at once: :meth:`random_bytes` raises
     :class:`FailClosed`, waiters are failed, and :meth:`on_failure`
     callbacks run so that open streams close.  It serves again only after a
     reseed from samples that passed a fresh startup test.  A health failure
     drops every buffered sample, because a fault may have begun before a test
     could see it.
-  * *starved*: the source is healthy, but the approved samples are too few
-    for a reseed that is due (or for the first instantiation).  This is
+  * *starved*: enough sources are healthy, but their approved samples
+    carry too little credit for a reseed that is due (or for the first
+    instantiation).  This is
     backpressure: :meth:`random_bytes` raises :class:`Starved` (a
     :class:`FailClosed`, so a caller that does not wait still refuses), and
     :meth:`wait` calls back once enough seed has arrived
