@@ -118,10 +118,8 @@ class SourceFeed:
         self.backoff = Backoff(1.0, MAX_BACKOFF)
         self.bytes_read = 0
         self.errors = 0
-        #: Its share of the credited entropy of the last seed, 0..1.
-        self.share = 0.0
-        #: Whether it gave samples to the current seed.
-        self.in_seed = False
+        #: The samples it gave to the last seed.
+        self.given = 0
         self.producer: IPull | None = None
         self.pulling = False
         #: Samples drawn since the last demand measurement, and the demand.

@@ -346,6 +346,11 @@ class SeedPool:
         #: X-RNG-Source headers give them: every source before the first.
         self._seed_names = ", ".join(names)
         self._seed_kinds = ", ".join(f.kind for f in self.feeds)
+        self._seed_feeds: tuple[SourceFeed, ...] = ()
+        self._healthy = 0
+        self._recount()
+        #: The credit units of the last seed.
+        self._seed_credit = 0
 
     # -- the one source of a single-source pool ---------------------------------
 
@@ -410,6 +415,7 @@ class SeedPool:
         if feed.left_out and feed.state is SourceState.OK:
             feed.left_out = False
             feed.error = None
+            self._recount()
             if len(self.feeds) > 1:
                 self.log.warn("entropy source {name} passed its startup test again: taken back "
                               "({n} of {total} sources healthy)", name=feed.name,
@@ -451,6 +457,7 @@ class SeedPool:
             self.log.info("re-running the startup test of {name}", name=feed.name)
             feed.health.reset()
             feed.state = feed.health.state
+            self._recount()
             self._pull(feed)
 
     def _feed_failed(self, feed: SourceFeed, reason: str) -> None:
@@ -462,6 +469,7 @@ class SeedPool:
             self.log.error("entropy source {name} failed: {reason}", name=feed.name, reason=reason)
         feed.state = SourceState.FAILED
         feed.error = reason
+        self._recount()
         self._feed_down(feed, self._named(feed, f"failed: {reason}"))
 
     def _feed_recovered(self, feed: SourceFeed) -> None:
@@ -470,6 +478,7 @@ class SeedPool:
         feed.health.reset()
         feed.state = feed.health.state
         feed.error = None
+        self._recount()
 
     def _feed_down(self, feed: SourceFeed, reason: str) -> None:
         """
@@ -478,9 +487,9 @@ class SeedPool:
         its startup test again, and fail closed if too few sources are left.
         """
         feed.drop()
-        feed.in_seed = False
         first = not feed.left_out
         feed.left_out = True
+        self._recount()
         healthy = self._counted()
         if healthy < self.min_sources:
             if len(self.feeds) > 1:
@@ -493,7 +502,11 @@ class SeedPool:
 
     def _counted(self) -> int:
         """How many sources count as healthy for ``min_sources``."""
-        return sum(1 for f in self.feeds if f.counted)
+        return self._healthy
+
+    def _recount(self) -> None:
+        """Count the healthy sources again, after any source's state changed."""
+        self._healthy = sum(1 for f in self.feeds if f.counted)
 
     def _fail(self, reason: str) -> None:
         """Fail closed now: refuse, fail every waiter, tell every watcher."""
@@ -551,6 +564,32 @@ class SeedPool:
     def _eligible(self) -> list[SourceFeed]:
         return [f for f in self.feeds if f.eligible]
 
+    def _plan_takes(self, feeds: Sequence[SourceFeed],
+                    credits: Sequence[int]) -> list[list[int]] | None:
+        """
+        How many samples each of ``feeds`` gives to each seed of ``credits``
+        (credit units each), in turn; None if they cannot carry them all.
+        The even split of :func:`~entropy_appliance.core.feed.allot` is
+        computed directly while every source holds its share (the usual
+        case, once per reseed), and by ``allot`` otherwise.
+        """
+        if len(feeds) < self.min_sources:
+            return None
+        avail = [len(f.buffer) for f in feeds]
+        units = [f.unit for f in feeds]
+        plans = []
+        for credit in credits:
+            count = sum(1 for a in avail if a)
+            take = [-(-credit // (count * u)) if a else 0 for a, u in zip(avail, units, strict=True)]
+            if count < self.min_sources or any(t > a for t, a in zip(take, avail, strict=True)):
+                found = allot(list(zip(avail, units, strict=True)), credit, self.min_sources)
+                if found is None:
+                    return None
+                take = found
+            avail = [a - t for a, t in zip(avail, take, strict=True)]
+            plans.append(take)
+        return plans
+
     def _take(self, credits: Sequence[int]) -> list[bytes] | None:
         """
         Take one seed for each of ``credits`` (credit units each) from every
@@ -559,42 +598,35 @@ class SeedPool:
         order the sources were given.
         """
         self.counters.seed_draws += 1
-        feeds = self._eligible()
-        if self._counted() < self.min_sources:
+        feeds = self._eligible() if self._counted() >= self.min_sources else []
+        plans = self._plan_takes(feeds, credits)
+        if plans is None:
             self.counters.seed_draws_short += 1
             return None
-        avail = [[len(f.buffer), f.unit] for f in feeds]
-        takes = []
-        for credit in credits:
-            take = allot([(a[0], a[1]) for a in avail], credit, self.min_sources)
-            if take is None:
-                self.counters.seed_draws_short += 1
-                return None
-            for a, t in zip(avail, take, strict=True):
-                a[0] -= t
-            takes.append(take)
-        given = [0] * len(feeds)
-        parts = []
-        for take in takes:
-            parts.append(b"".join(f.take(t) for f, t in zip(feeds, take, strict=True) if t))
-            for i, t in enumerate(take):
-                given[i] += t
-        self._record_seed(feeds, given)
+        parts = [b"".join([f.take(t) for f, t in zip(feeds, take, strict=True) if t]) for take in plans]
+        self._record_seed(feeds, [sum(column) for column in zip(*plans, strict=True)])
         return parts
 
     def _record_seed(self, feeds: Sequence[SourceFeed], given: Sequence[int]) -> None:
-        """Remember each source's share of the seed's credit, and the seed's sources."""
-        total = sum(t * f.unit for f, t in zip(feeds, given, strict=True)) or 1
+        """Remember what each source gave to the seed, and the seed's sources."""
         for f in self.feeds:
-            f.share, f.in_seed = 0.0, False
+            f.given = 0
         for f, t in zip(feeds, given, strict=True):
-            f.share = round(t * f.unit / total, 4)
-            f.in_seed = t > 0
+            f.given = t
             if t:
                 f.backoff.reset()
-        used = [f for f in self.feeds if f.in_seed]
-        self._seed_names = ", ".join(f.name for f in used)
-        self._seed_kinds = ", ".join(f.kind for f in used)
+        self._seed_credit = sum(f.given * f.unit for f in feeds)
+        used = tuple(f for f in self.feeds if f.given)
+        if used != self._seed_feeds:
+            self._seed_feeds = used
+            self._seed_names = ", ".join(f.name for f in used)
+            self._seed_kinds = ", ".join(f.kind for f in used)
+
+    def _share(self, feed: SourceFeed) -> float:
+        """A source's share of the credited entropy of the last seed, 0..1."""
+        if not feed.given or not self._seed_credit:
+            return 0.0
+        return round(feed.given * feed.unit / self._seed_credit, 4)
 
     def _can_seed(self, instantiate: bool, reseeds: int) -> bool:
         """Whether the sources hold the seed of an instantiation (if asked) and ``reseeds`` reseeds."""
@@ -607,17 +639,17 @@ class SeedPool:
             need = reseeds * self.reseed_samples + (self.instantiate_samples if instantiate else 0)
             return feed.eligible and len(feed.buffer) >= need
         feeds = self._eligible()
-        avail = [[len(f.buffer), f.unit] for f in feeds]
         credits = [self.reseed_credit, self.nonce_credit] if instantiate else []
-        if sum(a[0] * a[1] for a in avail) < sum(credits) + reseeds * self.reseed_credit:
+        credits += [self.reseed_credit] * reseeds
+        total = sum(credits)
+        if sum(len(f.buffer) * f.unit for f in feeds) < total:
             return False
-        for credit in [*credits, *[self.reseed_credit] * reseeds]:
-            take = allot([(a[0], a[1]) for a in avail], credit, self.min_sources)
-            if take is None:
-                return False
-            for a, t in zip(avail, take, strict=True):
-                a[0] -= t
-        return True
+        count = sum(1 for f in feeds if f.buffer)
+        if count >= self.min_sources and all(
+                len(f.buffer) >= -(-total // (count * f.unit)) + len(credits) for f in feeds):
+            # Every source holds its even share of every seed, rounding included.
+            return True
+        return self._plan_takes(feeds, credits) is not None
 
     @staticmethod
     def _default_personalization() -> bytes:
@@ -1017,8 +1049,8 @@ class SeedPool:
             health_failures=MappingProxyType(dict(health.failures)),
             health=health.snapshot(),
             buffered_bytes=len(feed.buffer),
-            share=feed.share,
-            in_seed=feed.in_seed,
+            share=self._share(feed),
+            in_seed=feed.given > 0,
             left_out=feed.left_out,
         )
 
