@@ -348,6 +348,9 @@ class SeedPool:
         self._seed_kinds = ", ".join(f.kind for f in self.feeds)
         self._seed_feeds: tuple[SourceFeed, ...] = ()
         self._healthy = 0
+        self._eligible_feeds: list[SourceFeed] = []
+        #: What each source gave to the last seed, while nothing failed since.
+        self._last_given: list[int] | None = None
         self._recount()
         #: The credit units of the last seed.
         self._seed_credit = 0
@@ -411,7 +414,9 @@ class SeedPool:
         if sum(health.failures.values()) != before:
             # A fault may predate its detection; nothing buffered is trusted.
             feed.drop()
-        feed.state = health.state
+        if feed.state is not health.state:
+            feed.state = health.state
+            self._recount()
         if feed.left_out and feed.state is SourceState.OK:
             feed.left_out = False
             feed.error = None
@@ -489,6 +494,7 @@ class SeedPool:
         feed.drop()
         first = not feed.left_out
         feed.left_out = True
+        self._last_given = None
         self._recount()
         healthy = self._counted()
         if healthy < self.min_sources:
@@ -505,8 +511,9 @@ class SeedPool:
         return self._healthy
 
     def _recount(self) -> None:
-        """Count the healthy sources again, after any source's state changed."""
+        """Count the healthy and the eligible sources again, after any source's state changed."""
         self._healthy = sum(1 for f in self.feeds if f.counted)
+        self._eligible_feeds = [f for f in self.feeds if f.eligible]
 
     def _fail(self, reason: str) -> None:
         """Fail closed now: refuse, fail every waiter, tell every watcher."""
@@ -562,7 +569,7 @@ class SeedPool:
         return self._drbg is None or self._failure is not None or self._reseed_due(now)
 
     def _eligible(self) -> list[SourceFeed]:
-        return [f for f in self.feeds if f.eligible]
+        return self._eligible_feeds
 
     def _plan_takes(self, feeds: Sequence[SourceFeed],
                     credits: Sequence[int]) -> list[list[int]] | None:
@@ -609,6 +616,9 @@ class SeedPool:
 
     def _record_seed(self, feeds: Sequence[SourceFeed], given: Sequence[int]) -> None:
         """Remember what each source gave to the seed, and the seed's sources."""
+        if given == self._last_given and len(feeds) == len(self.feeds):
+            return
+        self._last_given = list(given) if len(feeds) == len(self.feeds) else None
         for f in self.feeds:
             f.given = 0
         for f, t in zip(feeds, given, strict=True):
