@@ -414,3 +414,21 @@ def test_status_metrics_headers_and_heatmap_per_source() -> None:
     assert resp.code == 404 and header(resp, "Content-Type") == "application/problem+json"
     problem = json.loads(body)
     assert "/dev/nope" in problem["detail"] and "/dev/qrandom0, kernel" in problem["detail"]
+
+
+def test_min_sources_above_what_auto_finds_fails_at_startup(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.internet.testing import MemoryReactorClock
+
+    from entropy_appliance.app import build
+    from entropy_appliance.source.detection import detect_all
+
+    monkeypatch.chdir(tmp_path)
+    found = len(detect_all())
+    config = parse_config(["--source", "auto", "--min-sources", str(found + 1), "--https", "none"])
+    with pytest.raises(usage.UsageError, match=f"--source auto found only {found} source"):
+        build.makeService(config, reactor=MemoryReactorClock())
+    # As many as it finds is fine.
+    config = parse_config(["--source", "auto", "--min-sources", str(found), "--https", "none"])
+    tree = build.makeService(config, reactor=MemoryReactorClock())
+    assert tree.getServiceNamed("pipeline").pool.min_sources == found
