@@ -13,7 +13,7 @@ Raw TCP stream throughput against two baselines measured in the same run.
 
 Prints MB/s (10^6 bytes per second) and both ratios.  Not a test: nothing is
 asserted.  Usage: python bench/bench_stream.py [--seconds 5] [--connections K]
-[--compare-workers 2] [--source device:FIFO] [--rounds 3]
+[--compare-workers 2] [--source device:FIFO] [--several] [--rounds 3]
 
 With ``--connections K`` each figure is the sum of K concurrent readers (one
 process each).  ``--compare-workers N`` also runs the appliance with
@@ -28,6 +28,11 @@ device instead.  The two run alternately ``--rounds`` times (3 by default),
 so that a change of load on a shared machine hits both, and it prints the
 median rate of each and their ratio (the target is 0.9 or more); a stream
 that the appliance closes is reported with the bytes it gave.
+
+``--several`` measures three sources at once (two FIFOs, each fed by its own
+``fifo_writer.py``, and the kernel) against one source (the kernel), with
+the same ``--reseed-bytes`` and ``--rounds``, alternated, medians and their
+ratio (the target is 0.9 or more).  Per-peer limits are off in every run.
 """
 
 from __future__ import annotations
@@ -178,9 +183,11 @@ def fifo_source(pipe_size: int | None) -> Iterator[str]:
 
 
 def appliance(seconds: float, workers: int | None, connections: int = 1,
-              source: str = "kernel", reseed_bytes: int | None = None) -> Reading:
+              source: str | list[str] = "kernel", reseed_bytes: int | None = None) -> Reading:
     port = free_port()
-    args = ["--source", source, "--stream", f"tcp:{port}:interface=127.0.0.1",
+    sources = [source] if isinstance(source, str) else source
+    args = [arg for spec in sources for arg in ("--source", spec)]
+    args += ["--stream", f"tcp:{port}:interface=127.0.0.1",
             "--http", "none", "--https", "none", "--peer-streams", "0"]
     if workers:
         args += ["--workers", str(workers)]
@@ -228,6 +235,27 @@ def compare_sources(source: str, seconds: float, connections: int, reseed_bytes:
     return median(kernel), median(device)
 
 
+def compare_several(seconds: float, connections: int, reseed_bytes: int, pipe_size: int | None,
+                    rounds: int) -> tuple[Reading, Reading]:
+    """
+    One source (the kernel) against three (two fed FIFOs and the kernel),
+    alternated ``rounds`` times; the median of each.
+    """
+    one: list[Reading] = []
+    three: list[Reading] = []
+    for _ in range(rounds):
+        one.append(appliance(seconds, None, connections, "kernel", reseed_bytes))
+        with fifo_source(pipe_size) as first, fifo_source(pipe_size) as second:
+            three.append(appliance(seconds, None, connections, [first, second, "kernel"],
+                                   reseed_bytes))
+
+    def median(readings: list[Reading]) -> Reading:
+        closed = [c for _, c in readings if c is not None]
+        return statistics.median(r for r, _ in readings), (min(closed) if closed else None)
+
+    return median(one), median(three)
+
+
 def rate(reading: Reading) -> str:
     """MB/s, and how many bytes a stream that was closed gave."""
     mb_s, closed = reading
@@ -246,6 +274,9 @@ def main() -> None:
                         help="--reseed-bytes of the source comparison (default 65536)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternated kernel/device runs of the source comparison (median)")
+    parser.add_argument("--several", action="store_true",
+                        help="also measure three sources (two fed FIFOs and the kernel) against "
+                             "the kernel alone, with --reseed-bytes and --rounds")
     parser.add_argument("--pipe-size", type=int, default=None,
                         help="pipe buffer of the FIFO writer (default: its own, one page)")
     ns = parser.parse_args()
@@ -259,6 +290,8 @@ def main() -> None:
     if ns.source != "kernel":
         kernel_rb, device = compare_sources(ns.source, ns.seconds, k, ns.reseed_bytes,
                                             ns.pipe_size, max(1, ns.rounds))
+    several = (compare_several(ns.seconds, k, ns.reseed_bytes, ns.pipe_size, max(1, ns.rounds))
+               if ns.several else None)
     urandom = dd_urandom(ns.seconds)
     ceiling = loopback_ceiling(ns.seconds)
     aes = aes_ctr_rate(min(ns.seconds, 2.0))
@@ -276,6 +309,15 @@ def main() -> None:
             print(f"  {ns.source} / kernel    {device[0] / kernel_rb[0]:9.2f}x   (target >= 0.90)")
         else:
             print(f"  {ns.source} / kernel          n/a   (a stream was closed; target >= 0.90)")
+    if several is not None:
+        one, three = several
+        print(f"with --reseed-bytes {ns.reseed_bytes}, median of {max(1, ns.rounds)} alternated runs:")
+        print(f"  raw stream, 1 source (kernel)          {rate(one)}")
+        print(f"  raw stream, 3 sources (2 FIFOs+kernel) {rate(three)}")
+        if three[1] is None and one[0]:
+            print(f"  three sources / one                    {three[0] / one[0]:9.2f}x   (target >= 0.90)")
+        else:
+            print("  three sources / one                          n/a   (a stream was closed)")
     print(f"dd if=/dev/urandom bs=1M    {urandom:9.1f} MB/s")
     print(f"loopback sendall ceiling    {ceiling:9.1f} MB/s   (one connection)")
     print(f"AES-256-CTR keystream       {aes:9.1f} MB/s   (256 KiB per call)")

@@ -29,7 +29,8 @@ from entropy_appliance.app.options import Config, parse_config
 from entropy_appliance.app.workers import AdoptedPort, HeldPort
 from entropy_appliance.net.stream import StreamFactory
 from entropy_appliance.net.waiting import when_ready
-from entropy_appliance.source.detection import detect
+from entropy_appliance.source.detection import detect, detect_all
+from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, SourceSpec
 from entropy_appliance.web.app import EntropySite
 from tests.test_signals import SlowClientTransport, fired
 from tests.test_workers import FakeProcess
@@ -186,8 +187,10 @@ def test_auto_is_resolved_by_make_service_not_by_parsing() -> None:
     c = parse_config(["--source", "auto", "--https", "none"])
     assert c.source.kind == "auto" and c.min_entropy is None
     tree = makeService(c, reactor=MemoryReactorClock())
-    expected = detect()
-    assert tree.getServiceNamed("pipeline").pool.source_kind == expected.kind
+    expected = detect_all()
+    assert expected[-1] == SourceSpec("kernel") and expected[0] == detect()
+    # Every device found, and the kernel beside them.
+    assert tree.getServiceNamed("pipeline").pool.source_kind == ", ".join(s.kind for s in expected)
 
 
 # -- the parent of workers -------------------------------------------------------
@@ -220,11 +223,10 @@ def test_parent_holds_every_socket_and_spawns_the_workers() -> None:
     tree.getServiceNamed("workers").startService()
     assert len(spawned) == 3
     argv = spawned[0][spawned[0].index("entropy") + 1:]
-    # The workers get the command line with the detected source named.
-    resolved = detect()
-    source = resolved.kind if resolved.path is None else f"device:{resolved.path}"
-    assert argv[:2] == ["--source", "auto"] and argv[argv.index("--workers") + 1] == "3"
-    assert argv[argv.index("--source", 1) + 1] == source
+    # The workers get the command line with each detected source named, with its claim.
+    named = [argv[i + 1] for i, a in enumerate(argv) if a == "--source"]
+    assert "auto" not in named and argv[argv.index("--workers") + 1] == "3"
+    assert named == [s.text() + f",min-entropy={DEFAULT_MIN_ENTROPY[s.kind]!r}" for s in detect_all()]
     assert [args[-2:] for args in spawned] == [["--worker-index", str(i)] for i in range(3)]
 
 

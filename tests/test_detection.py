@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from entropy_appliance.source.detection import Detected, detect, hwrng_driver, main, probe
+from entropy_appliance.source.detection import (
+    Detected,
+    detect,
+    detect_all,
+    hwrng_driver,
+    main,
+    probe,
+    probe_all,
+)
 from entropy_appliance.source.sources import SourceSpec
 
 
@@ -77,3 +85,23 @@ def test_the_command_prints_what_auto_picks(tmp_path: Path) -> None:
     out = io.StringIO()
     assert main(["--root", str(root)], stdout=out) == 0
     assert out.getvalue() == "kernel\n"
+
+
+def test_auto_uses_every_device_found_and_the_kernel(tmp_path: Path) -> None:
+    root = fake_root(tmp_path, ["qrandom1", "qrandom0", "hwrng", "chaoskey0", "chaoskey1"], "tpm-rng-0")
+    unopenable(root, "chaoskey2")
+    dev = f"{root}/dev"
+    assert detect_all(root) == [
+        SourceSpec("quantis", f"{dev}/qrandom0"), SourceSpec("quantis", f"{dev}/qrandom1"),
+        SourceSpec("hwrng", f"{dev}/hwrng"),
+        SourceSpec("chaoskey", f"{dev}/chaoskey0"), SourceSpec("chaoskey", f"{dev}/chaoskey1"),
+        SourceSpec("kernel"),
+    ]
+    assert probe_all(root)[2].driver == "tpm-rng-0"
+    # The first is what the single-device rules pick.
+    assert detect_all(root)[0] == detect(root)
+
+
+def test_auto_with_no_hardware_is_the_kernel_alone(tmp_path: Path) -> None:
+    root = fake_root(tmp_path, ["hwrng", "random"], "none")
+    assert detect_all(root) == [SourceSpec("kernel")]

@@ -30,6 +30,7 @@ METRICS = [
     "pool_fill", "pool_fill_bytes", "pressure", "starved", "reseed_age", "reseed_interval", "reseeds",
     "bytes_generated", "source", "source_kind", "source_state", "health_state",
     "failures_rct", "failures_apt", "listeners", "onion", "connection",
+    "source_state_0", "source_h_0", "source_read_0", "source_failures_0", "source_share_0",
 ]
 
 
@@ -84,6 +85,11 @@ def test_dashboard_shows_live_values(app: Appliance, tmp_path: Path) -> None:
             assert value and PLACEHOLDER not in value, f"{name} shows {value!r}"
         assert values["source"] == "kernel"
         assert values["source_kind"] == "kernel"
+        # One row per source: the kernel alone here, with all the seed.
+        rows = page.locator("#sources tr")
+        assert rows.count() == 1 and (rows.first.text_content() or "").startswith("kernel (kernel)")
+        assert values["source_state_0"] == "ok" and values["source_h_0"] == "8"
+        assert values["source_failures_0"] == "0/0" and values["source_share_0"] == "100%"
         assert values["connection"] == "live"
         assert values["failures_rct"] == values["failures_apt"] == "0"
         assert "127.0.0.1" in values["listeners"] and str(app.ports["http"]) in values["listeners"]

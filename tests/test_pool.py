@@ -357,6 +357,7 @@ STATUS_SHAPE = {
         "errors": None, "min_entropy": None, "health_failures": {"rct": None, "apt": None},
         "health": {"state": None, "rct_cutoff": None, "apt_cutoff": None, "apt_window": None,
                    "samples_tested": None, "samples_discarded": None},
+        "buffered_bytes": None, "share": None, "in_seed": None, "left_out": None,
     },
     "pool": {"fill_bytes": None, "fill_percent": None, "high_water_bytes": None,
              "demand_bytes_per_second": None, "pressure": None, "seed_draws": None,
@@ -366,6 +367,7 @@ STATUS_SHAPE = {
              "bytes_since_reseed": None, "bytes_generated": None},
     "served": {"http": None},
     "fail_closed_refusals": None,
+    "sources": None, "min_sources": None,
 }
 
 

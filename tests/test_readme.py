@@ -91,7 +91,9 @@ def test_help_shows_the_table_defaults() -> None:
         if s.kind == "value" and s.default is not None:
             assert f"[default: {s.default}]" in text, s.name
         if s.kind == "list":
-            assert f"(repeatable; default {s.default}; 'none' disables)" in text, s.name
+            # Endpoints can be turned off; sources cannot.
+            disables = "" if s.name == "source" else "; 'none' disables"
+            assert f"(repeatable; default {s.default}{disables})" in text, s.name
 
 
 def test_the_readme_prose_names_the_same_defaults() -> None:

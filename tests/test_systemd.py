@@ -388,6 +388,18 @@ def test_probe_explicit_device_missing_fails_without_fallback(tmp_path: Path) ->
     assert "did not appear within 1s; not falling back" in r.stdout
 
 
+def test_probe_takes_a_list_and_lets_the_appliance_retry_a_missing_device(tmp_path: Path) -> None:
+    dev = tmp_path / "qrandom0"
+    dev.write_bytes(b"")
+    r = probe({"ENTROPY_SOURCE": f"device:{dev},min-entropy=7  device:{tmp_path}/hwrng kernel",
+               "ENTROPY_PROBE_TIMEOUT": "0"})
+    assert r.returncode == 0, r.stdout
+    assert f"device {dev} is present" in r.stdout
+    assert f"device {tmp_path}/hwrng did not appear within 0s; the appliance starts without it" in r.stdout
+    r = probe({"ENTROPY_SOURCE": "auto kernel"})
+    assert r.returncode == 2 and "auto stands alone" in r.stdout
+
+
 def test_probe_waits_for_the_device(tmp_path: Path) -> None:
     dev = tmp_path / "hwrng"
     timer = threading.Timer(1.0, dev.write_bytes, args=(b"",))

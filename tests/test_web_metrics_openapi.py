@@ -39,8 +39,8 @@ def test_metrics_report_pool_requests_and_extras() -> None:
     assert m[("entropy_served_bytes_total", (("surface", "http"),))] == 100
     assert m[("entropy_pool_fill_bytes", ())] >= 0
     assert ("entropy_drbg_reseed_age_seconds", ()) in m
-    assert m[("entropy_health_failures_total", (("test", "rct"),))] == 0
-    assert m[("entropy_health_failures_total", (("test", "apt"),))] == 0
+    assert m[("entropy_health_failures_total", (("source", "kernel"), ("test", "rct")))] == 0
+    assert m[("entropy_health_failures_total", (("source", "kernel"), ("test", "apt")))] == 0
     assert m[("entropy_source_state", (("source", "kernel"), ("state", "ok")))] == 1
     for other in ("starting", "startup", "failed"):
         assert m[("entropy_source_state", (("source", "kernel"), ("state", other)))] == 0

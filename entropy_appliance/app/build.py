@@ -4,8 +4,8 @@ process from a :class:`~entropy_appliance.app.options.Config`.
 
 There is one function per role:
 
-- :func:`build_single`: one process reads the source and serves.
-- :func:`build_parent` (``--workers N``, N > 1): reads the source, holds
+- :func:`build_single`: one process reads the sources and serves.
+- :func:`build_parent` (``--workers N``, N > 1): reads the sources, holds
   every listening socket without accepting, and relays health-tested seed to
   N worker processes (:mod:`~entropy_appliance.app.workers`).
 - :func:`build_worker`: reads seed from its stdin, serves on the sockets it
@@ -14,7 +14,8 @@ There is one function per role:
 Every service joins the tree in a named phase of
 :mod:`~entropy_appliance.app.lifecycle`, which fixes the stop order.  The
 side effects that options must not have happen here: ``--source auto`` is
-resolved (and logged when the pipeline starts), the self-signed TLS pair and
+resolved to every device found and the kernel (and logged when the
+pipeline starts), the self-signed TLS pair and
 the onion key are created if missing.  Listeners are endpoint strings, and
 ONE Site serves every HTTP, HTTPS and onion endpoint.  Every listener, in
 every role, is made from :func:`listeners`: a plain socket endpoint, and a
@@ -33,6 +34,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.python import usage
 
 from entropy_appliance.app.lifecycle import Lifecycle
 from entropy_appliance.app.options import Config, tls_pairs
@@ -45,8 +47,8 @@ from entropy_appliance.net.limits import GuardedEndpoint, PeerGuard, guard_accep
 from entropy_appliance.net.memory import HeapTrim
 from entropy_appliance.net.proxy import PROXY_OUTCOMES, ProxyHeaderFactory, TrustedProxies, split_proxy
 from entropy_appliance.net.stream import StreamFactory
-from entropy_appliance.source.detection import detect
-from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, DeviceSource, SourceSpec, open_source
+from entropy_appliance.source.detection import detect_all
+from entropy_appliance.source.sources import DeviceSource, SourceSpec, open_source
 
 if TYPE_CHECKING:
     from entropy_appliance.onion import OnionService
@@ -75,9 +77,9 @@ def makeService(config: Config, reactor: Any = None) -> Lifecycle:
 def build_single(config: Config, reactor: Any) -> Lifecycle:
     """One process: read the source and serve every endpoint."""
     tree = Lifecycle()
-    spec, detected, min_entropy = _resolve_source(config)
-    core = build_core(reactor, open_source(spec), min_entropy=min_entropy, policy=config.policy,
-                      alpha=config.alpha, detected=detected)
+    sources, detected = _resolve_sources(config)
+    core = build_core(reactor, [(open_source(spec), h) for spec, h in sources], policy=config.policy,
+                      alpha=config.alpha, detected=detected, min_sources=config.min_sources)
     tree.add("pipeline", core, "pipeline")
     serving = _serve(config, reactor, tree, core, publish_onion=True)
     for listener, endpoint in _listening_endpoints(config, reactor):
@@ -97,21 +99,23 @@ def build_parent(config: Config, reactor: Any) -> Lifecycle:
     from entropy_appliance.core.health import failing_run
 
     tree = Lifecycle()
-    spec, detected, min_entropy = _resolve_source(config)
-    core = build_core(reactor, open_source(spec), min_entropy=min_entropy, policy=config.policy,
-                      alpha=config.alpha, detected=detected, serving=False)
+    sources, detected = _resolve_sources(config)
+    core = build_core(reactor, [(open_source(spec), h) for spec, h in sources], policy=config.policy,
+                      alpha=config.alpha, detected=detected, serving=False,
+                      min_sources=config.min_sources)
     tree.add("pipeline", core, "pipeline")
     contexts = _tls_contexts(config)
     held = [HeldPort(endpoint, listener.kind) for listener, endpoint in _listening_endpoints(config, reactor)]
     for port in held:
         tree.add("listeners", port)
-    argv = list(config.argv)
-    if config.source.kind == "auto":
-        # Each worker tests the seed against the same source kind and min-entropy.
-        argv += ["--source", _source_text(spec)]
+    # Each worker names the same sources, each with its resolved claim, and
+    # credits the relayed seed at the lowest of them (as the parent relays it).
+    argv = _without_option(list(config.argv), "source")
+    for spec, h in sources:
+        argv += ["--source", SourceSpec(spec.kind, spec.path, h).text()]
     pool = core.pool
     supervisor = WorkerSupervisor(reactor, config.workers, argv, held, pool.take_seed,
-                                  failure_mark=bytes(failing_run(min_entropy, config.alpha)))
+                                  failure_mark=bytes(failing_run(pool.relay_min_entropy, config.alpha)))
     pool.on_failure(lambda _: supervisor.source_failed())
     tree.add("workers", supervisor, "workers")
     tree.add("signals", ReloadService(reactor, _unique(c for _, c in contexts),
@@ -130,11 +134,11 @@ def build_worker(config: Config, reactor: Any) -> Lifecycle:
 
     assert config.worker is not None
     tree = Lifecycle()
-    spec, _, min_entropy = _resolve_source(config)
-    source = DeviceSource("/proc/self/fd/0", spec.kind)
-    source.name = f"{spec.name} (via parent)"
-    core = build_core(reactor, source, min_entropy=min_entropy, policy=config.policy,
-                      alpha=config.alpha)
+    sources, _ = _resolve_sources(config)
+    source = DeviceSource("/proc/self/fd/0", ", ".join(spec.kind for spec, _ in sources))
+    source.name = f"{', '.join(spec.name for spec, _ in sources)} (via parent)"
+    relay = min(h for _, h in sources)
+    core = build_core(reactor, [(source, relay)], policy=config.policy, alpha=config.alpha)
     tree.add("pipeline", core, "pipeline")
     index, pid = config.worker.index, os.getpid()
     worker_status = {"worker": lambda: {"index": index, "pid": pid, "of": config.workers}}
@@ -334,19 +338,35 @@ def _notify(tree: Lifecycle, core: CoreService, reactor: Any) -> None:
 # -- sources, endpoints, TLS -------------------------------------------------------
 
 
-def _resolve_source(config: Config) -> tuple[SourceSpec, bool, float]:
-    """The source to read (``auto`` probed now), whether it was probed, and its min-entropy."""
-    spec = config.source
-    detected = spec.kind == "auto"
+def _resolve_sources(config: Config) -> tuple[list[tuple[SourceSpec, float]], bool]:
+    """
+    The sources to read, each with its claimed min-entropy (``auto``
+    probed now: every device found, and the kernel), and whether they were
+    probed.
+    """
+    specs = list(config.sources)
+    detected = specs[0].kind == "auto"
     if detected:
-        spec = detect()
-    min_entropy = config.min_entropy if config.min_entropy is not None else DEFAULT_MIN_ENTROPY[spec.kind]
-    return spec, detected, min_entropy
+        specs = detect_all()
+        if config.min_sources > len(specs):
+            found = ", ".join(s.name for s in specs)
+            raise usage.UsageError(f"--min-sources {config.min_sources}: --source auto found only "
+                                   f"{len(specs)} source{'s' if len(specs) > 1 else ''} ({found})")
+    return [(spec, spec.claim(config.min_entropy)) for spec in specs], detected
 
 
-def _source_text(spec: SourceSpec) -> str:
-    """The ``--source`` value that names a resolved ``spec``."""
-    return spec.kind if spec.path is None else f"device:{spec.path}"
+def _without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without any ``--name VALUE`` or ``--name=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == f"--{name}":
+            skip = True
+        elif not arg.startswith(f"--{name}="):
+            out.append(arg)
+    return out
 
 
 def _listening_endpoints(config: Config, reactor: Any) -> list[tuple[ListenerSpec, IStreamServerEndpoint]]:

@@ -36,7 +36,7 @@ from entropy_appliance.core.pool import MIN_RESEED_BYTES, ReseedPolicy
 from entropy_appliance.core.units import parse_size
 from entropy_appliance.net import tls
 from entropy_appliance.net.proxy import TrustedProxies, split_proxy
-from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, SourceSpec, parse_source
+from entropy_appliance.source.sources import DEFAULT_MIN_ENTROPY, SourceSpec, SourceUnavailable, parse_source
 from entropy_appliance.web.app import DEFAULT_MAX_BYTES, DEFAULT_SEED_WAIT
 from entropy_appliance.web.compat.keys import (
     APIS,
@@ -118,8 +118,11 @@ _COMPAT = CompatConfig()
 #: Every option of the appliance, with its default: the one place a default is written.
 SETTINGS: tuple[Setting, ...] = (
     Setting("source", "auto",
-            "Entropy source: auto (probe /dev/qrandom*, /dev/hwrng, /dev/chaoskey*, "
-            "else the kernel), kernel, or device:PATH."),
+            "Entropy source: kernel, device:PATH, or auto (every /dev/qrandom*, /dev/hwrng and "
+            "/dev/chaoskey* found, and the kernel). Give it once per source to combine several; "
+            "a source may claim its own min-entropy: device:/dev/hwrng,min-entropy=0.5.", "list"),
+    Setting("min-sources", "1",
+            "Fail closed while fewer than N sources are healthy; every seed draws on at least N."),
     Setting("reseed-interval", str(_POLICY.interval), "Reseed the DRBG at least every SECONDS."),
     Setting("reseed-bytes", _size_text(_POLICY.max_bytes),
             "Reseed the DRBG after this many output bytes (K/M/G suffixes)."),
@@ -129,8 +132,8 @@ SETTINGS: tuple[Setting, ...] = (
             "wait up to SECONDS for it, then get 503; /health turns 503 after starving this long. "
             "0: no wait."),
     Setting("min-entropy", None,
-            "Claimed min-entropy per 8-bit sample, 0 < H <= 8 (default by source kind: "
-            f"{_by_kind(DEFAULT_MIN_ENTROPY)})."),
+            "Claimed min-entropy per 8-bit sample, 0 < H <= 8, of every source that claims none "
+            f"of its own (default by source kind: {_by_kind(DEFAULT_MIN_ENTROPY)})."),
     Setting("health-alpha", _alpha_text(DEFAULT_ALPHA),
             "False-positive rate of each health test, as a number or 2**-N."),
     Setting("stream", "tcp:9000", "Raw TCP byte stream endpoint", "list"),
@@ -270,13 +273,13 @@ class WorkerConfig:
 @dataclass(frozen=True)
 class Config:
     """
-    The validated configuration of one process.  ``source`` may still be
-    ``auto``, and ``min_entropy`` None (the source kind's default): both are
-    resolved when the service is built.  ``argv`` is the command line, which
-    a parent hands on to its workers.
+    The validated configuration of one process.  ``sources`` may still be
+    ``auto`` alone, and ``min_entropy`` None (each source kind's default):
+    both are resolved when the service is built.  ``argv`` is the command
+    line, which a parent hands on to its workers.
     """
 
-    source: SourceSpec
+    sources: tuple[SourceSpec, ...]
     min_entropy: float | None
     alpha: float
     policy: ReseedPolicy
@@ -298,6 +301,12 @@ class Config:
     compat: CompatConfig = CompatConfig()
     #: ``--trusted-proxy``: the networks whose PROXY headers ``haproxy:`` listeners believe.
     trusted_proxies: tuple[str, ...] = ()
+    min_sources: int = 1
+
+    @property
+    def source(self) -> SourceSpec:
+        """The first source (the only one, or ``auto``, unless several are given)."""
+        return self.sources[0]
 
     @property
     def role(self) -> Role:
@@ -361,6 +370,10 @@ class Options(EnvironmentOptions):
         [s.name, None, s.default, s.help] for s in SETTINGS if s.kind == "value"]
     optFlags: list[list[Any]] = [[s.name, None, s.help] for s in SETTINGS if s.kind == "flag"]
 
+    def opt_source(self, value: str) -> None:
+        self["source"].append(value)
+
+    opt_source.__doc__ = f"{_setting('source').help} (repeatable; default auto)."
     opt_stream = _endpoint_option(_setting("stream"))
     opt_http = _endpoint_option(_setting("http"))
     opt_https = _endpoint_option(_setting("https"))
@@ -388,7 +401,7 @@ class Options(EnvironmentOptions):
         # there (and a systemd: socket can only be looked up in the parent).
         check = worker is None
         stream = self._endpoints("stream", check)
-        source, min_entropy = self._source()
+        sources, min_entropy, min_sources = self._sources(check)
         policy, seed_wait, alpha = self._reseed()
         http = self._endpoints("http", check)
         https = self._https(check)
@@ -402,7 +415,8 @@ class Options(EnvironmentOptions):
         media = self._media()
         compat = self._compat()
         self.config = Config(
-            source=source, min_entropy=min_entropy, alpha=alpha, policy=policy, seed_wait=seed_wait,
+            sources=sources, min_entropy=min_entropy, min_sources=min_sources, alpha=alpha,
+            policy=policy, seed_wait=seed_wait,
             stream=stream, http=http, https=https, tls=tls_config, max_bytes=max_bytes,
             peers=peers, shutdown_timeout=shutdown_timeout, workers=self._workers(),
             worker=worker, onion=onion, argv=tuple(self.argv), http_limits=http_limits,
@@ -442,14 +456,48 @@ class Options(EnvironmentOptions):
         except ValueError as e:
             raise usage.UsageError(f"--{name}: {e}") from None
 
-    def _source(self) -> tuple[SourceSpec, float | None]:
-        try:
-            spec = parse_source(self["source"])
-        except ValueError as e:
-            raise usage.UsageError(f"--source: {e}") from None
-        if self["min-entropy"] is None:
-            return spec, None
-        return spec, self._ranged("min-entropy", 0, 8, "must be a number with 0 < H <= 8", above=True)
+    def _sources(self, check: bool) -> tuple[tuple[SourceSpec, ...], float | None, int]:
+        """
+        Every ``--source``, ``--min-entropy`` and ``--min-sources``.  A
+        device that cannot be opened now is kept (it is read, and retried,
+        as a failed source) unless the others cannot meet ``--min-sources``.
+        """
+        texts = self["source"] or [DEFAULTS["source"]]
+        specs: list[SourceSpec] = []
+        missing: list[str] = []
+        for text in texts:
+            try:
+                spec = parse_source(text, check=check)
+            except SourceUnavailable as e:
+                spec = e.spec
+                missing.append(str(e))
+            except ValueError as e:
+                raise usage.UsageError(f"--source: {e}") from None
+            specs.append(spec)
+        if len(specs) > 1 and any(s.kind == "auto" for s in specs):
+            raise usage.UsageError("--source auto stands alone: it already takes every device found "
+                                   "and the kernel; to choose, list the sources instead")
+        seen: dict[str, str] = {}
+        for spec in specs:
+            same = os.path.realpath(spec.path) if spec.path is not None else spec.kind
+            if same in seen:
+                raise usage.UsageError(f"--source {spec.name} is given twice (as {seen[same]!r}): "
+                                       "each source may be read once")
+            seen[same] = spec.text()
+        count = self._ranged("min-sources", 1, 64, "must be an integer, 1 <= N <= 64", convert=int)
+        if specs[0].kind != "auto" and count > len(specs):
+            raise usage.UsageError(f"--min-sources {int(count)} is more than the {len(specs)} "
+                                   f"source{'s' if len(specs) > 1 else ''} given: it could never be met")
+        if missing and len(specs) == 1:
+            raise usage.UsageError(f"--source: {missing[0]}")
+        if missing and len(specs) - len(missing) < count:
+            raise usage.UsageError(f"--source: {'; '.join(missing)}; the other sources cannot meet "
+                                   f"--min-sources {int(count)} (a device that is missing at startup "
+                                   "is retried only while the others can serve)")
+        min_entropy = None
+        if self["min-entropy"] is not None:
+            min_entropy = self._ranged("min-entropy", 0, 8, "must be a number with 0 < H <= 8", above=True)
+        return tuple(specs), min_entropy, int(count)
 
     def _reseed(self) -> tuple[ReseedPolicy, float, float]:
         interval = self._ranged("reseed-interval", 0, 86400, "must be seconds, 0 < S <= 86400", above=True)

@@ -1,7 +1,7 @@
 """
-The core service: source -> producer -> health tests -> seed pool -> DRBG.
+The core service: sources -> producers -> health tests -> seed pool -> DRBG.
 
-:class:`CoreService` starts the source reader when the application starts,
+:class:`CoreService` starts one reader per source when the application starts,
 and keeps the reseed schedule with a ``TimerService`` (so that an idle pool
 still reseeds, and fails closed, on time).  It belongs to the ``pipeline``
 phase of :mod:`~entropy_appliance.app.lifecycle`, which stops last.
@@ -9,6 +9,7 @@ phase of :mod:`~entropy_appliance.app.lifecycle`, which stops last.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import cast
 
 from twisted.application.internet import TimerService
@@ -16,6 +17,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 
+from entropy_appliance.core.feed import SourceFeed
 from entropy_appliance.core.health import HealthTests
 from entropy_appliance.core.pool import ReseedPolicy, SeedPool
 from entropy_appliance.source.producer import ReaderThread, SourceProducer
@@ -25,35 +27,45 @@ __all__ = ["CoreService", "build_core"]
 
 
 class _Reader(Service):
-    """Reads the source while running: starts the producer, stops it and its thread."""
+    """
+    Reads every source while running: starts each producer, stops each
+    producer and its thread.  Each source has its own reader thread, so a
+    device that blocks never holds up the others.
+    """
 
     log = Logger()
 
-    def __init__(self, pool: SeedPool, producer: SourceProducer, reader: ReaderThread | None,
-                 detected: bool) -> None:
+    def __init__(self, pool: SeedPool, producers: Sequence[SourceProducer],
+                 readers: Sequence[ReaderThread], detected: bool) -> None:
         self._pool = pool
-        self._producer = producer
-        self._reader = reader
+        self._producers = list(producers)
+        self._readers = list(readers)
         self._detected = detected
 
     def startService(self) -> None:
-        """Log the source; start reading it."""
+        """Log the sources; start reading them."""
         super().startService()
-        self.log.info(
-            "entropy source: {name} (kind {kind}{how}), claimed min-entropy "
-            "{h} bits per sample",
-            name=self._pool.source_name, kind=self._pool.source_kind,
-            how=", auto-detected" if self._detected else "",
-            h=self._pool.min_entropy,
-        )
-        self._producer.start()
+        for feed in self._pool.feeds:
+            self.log.info(
+                "entropy source: {name} (kind {kind}{how}), claimed min-entropy "
+                "{h} bits per sample",
+                name=feed.name, kind=feed.kind,
+                how=", auto-detected" if self._detected else "",
+                h=feed.min_entropy,
+            )
+        if len(self._pool.feeds) > 1:
+            self.log.info("{n} entropy sources; fail closed with fewer than {k} healthy",
+                          n=len(self._pool.feeds), k=self._pool.min_sources)
+        for producer in self._producers:
+            producer.start()
 
     def stopService(self) -> None:
-        """Stop the producer and its thread."""
+        """Stop the producers and their threads."""
         super().stopService()
-        self._producer.stopProducing()
-        if self._reader is not None:
-            self._reader.stop()
+        for producer in self._producers:
+            producer.stopProducing()
+        for reader in self._readers:
+            reader.stop()
         self.log.info("entropy pipeline stopped")
 
 
@@ -76,37 +88,43 @@ class _ReseedTick:
 
 
 class CoreService(MultiService):
-    """Runs the source reader and the reseed schedule of one seed pool."""
+    """Runs the source readers and the reseed schedule of one seed pool."""
 
-    def __init__(self, pool: SeedPool, producer: SourceProducer, clock: IReactorTime,
-                 reader: ReaderThread | None = None, detected: bool = False) -> None:
+    def __init__(self, pool: SeedPool, producers: Sequence[SourceProducer], clock: IReactorTime,
+                 readers: Sequence[ReaderThread] = (), detected: bool = False) -> None:
         super().__init__()
         self.pool = pool
-        self.producer = producer
-        _Reader(pool, producer, reader, detected).setServiceParent(self)
+        self.producers = list(producers)
+        _Reader(pool, producers, readers, detected).setServiceParent(self)
         # Half the interval keeps the reseed age below the interval.
         self.schedule = TimerService(pool.policy.interval / 2, _ReseedTick(pool))
         self.schedule.clock = clock
         self.schedule.setServiceParent(self)
 
+    @property
+    def producer(self) -> SourceProducer:
+        """The first source's producer."""
+        return self.producers[0]
+
 
 def build_core(
     reactor: IReactorTime,
-    source: Source,
-    min_entropy: float,
+    sources: Sequence[tuple[Source, float]],
     policy: ReseedPolicy,
     alpha: float,
     detected: bool = False,
     serving: bool = True,
+    min_sources: int = 1,
 ) -> CoreService:
     """
-    Assemble the pipeline for one process (``serving=False``: relay only).
-    ``reactor`` also runs the blocking reads (``callFromThread``) once the
-    service starts.
+    Assemble the pipeline for one process (``serving=False``: relay only)
+    from ``(source, claimed min-entropy)`` pairs: one feed, producer and
+    reader thread per source.  ``reactor`` also runs the blocking reads
+    (``callFromThread``) once the service starts.
     """
-    health = HealthTests(min_entropy, alpha=alpha)
-    pool = SeedPool(reactor, health, policy, source_name=source.name, source_kind=source.kind,
-                    serving=serving)
-    reader = ReaderThread(cast(IReactorThreads, reactor))
-    producer = SourceProducer(source, pool, reader, reactor)
-    return CoreService(pool, producer, reactor, reader=reader, detected=detected)
+    feeds = [SourceFeed(HealthTests(h, alpha=alpha), source.name, source.kind) for source, h in sources]
+    pool = SeedPool(reactor, None, policy, serving=serving, feeds=feeds, min_sources=min_sources)
+    readers = [ReaderThread(cast(IReactorThreads, reactor)) for _ in sources]
+    producers = [SourceProducer(source, feed, reader, reactor)
+                 for (source, _), feed, reader in zip(sources, feeds, readers, strict=True)]
+    return CoreService(pool, producers, reactor, readers=readers, detected=detected)

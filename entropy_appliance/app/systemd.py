@@ -75,8 +75,8 @@ def _one_line(text: object) -> str:
 def status_line(status: PoolStatus) -> str:
     """
     One line for ``systemctl status``, built from :meth:`SeedPool.status`:
-    whether bytes are served, the source and its health state, and the
-    reseed figures.
+    whether bytes are served, the source (or each source) and its health
+    state, and the reseed figures.
     """
     source, starved, drbg = status.source, status.starved, status.drbg
     if status.state is PoolState.OK:
@@ -86,7 +86,12 @@ def status_line(status: PoolStatus) -> str:
                 f"({_one_line(status.reason or 'seed pool refilling')})")
     else:
         head = f"FAILING CLOSED ({_one_line(status.reason or 'unknown reason')})"
-    parts = [head, f"source {source.name} ({source.kind}) {source.state}"]
+    if len(status.sources) > 1:
+        # Each source's state; the counts below are of all of them together.
+        parts = [head, "sources " + ", ".join(f"{one.name} ({one.kind}) {one.state}"
+                                               for one in status.sources)]
+    else:
+        parts = [head, f"source {source.name} ({source.kind}) {source.state}"]
     failures = {test: n for test, n in source.health_failures.items() if n}
     if failures:
         parts.append("health failures " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))

@@ -1,30 +1,41 @@
 """
 The seed pool and the reseed policy.
 
-The pool is the consumer of the source producer: raw chunks arrive through
-:meth:`SeedPool.write`, pass the SP 800-90B health tests, and the approved
-samples wait in a bounded buffer.  The pool owns the one CTR_DRBG of the
-process and is the only path by which random bytes leave it
+Each source has a :class:`~entropy_appliance.core.feed.SourceFeed`, the
+consumer of that source's producer: raw chunks arrive through its
+``write``, pass that source's SP 800-90B health tests (cutoffs from its own
+claimed min-entropy), and the approved samples wait in its bounded buffer.
+(A pool of one source is also that source's consumer itself:
+:meth:`SeedPool.write`.)  The pool owns the one CTR_DRBG of the process and
+is the only path by which random bytes leave it
 (:meth:`SeedPool.random_bytes`).
 
 The policy, in one place:
 
 - The DRBG is instantiated only from approved samples: enough of them to
-  carry ``reseed_bits * 3/2`` bits at the claimed min-entropy (entropy input
-  plus nonce, SP 800-90A §8.6.7).
+  carry ``reseed_bits`` bits of entropy input and half as much of nonce
+  (SP 800-90A §8.6.7).
 - It is reseeded with ``reseed_bits`` worth of approved samples whenever
   ``reseed_interval`` seconds or ``reseed_bytes`` of output have passed.
+- Each seed takes samples from every healthy source that has any, credited
+  with each source's own claim, the credit split evenly among them
+  (:func:`~entropy_appliance.core.feed.allot`), concatenated in the order
+  the sources were given; the derivation function conditions the whole.
+  A source still in its startup test joins from the next reseed.
 - Two states stop output, and they are kept apart (:class:`PoolState`):
 
-  * *failed*: the source failed its health tests or cannot be read.  The
-    pool fails closed at once: :meth:`random_bytes` raises
+  * *failed*: fewer than ``min_sources`` sources are healthy (with one
+    source: it failed its health tests or cannot be read).  A source that
+    fails is left out of every seed, its buffer dropped, until it passes
+    its startup test again.  The pool fails closed at once: :meth:`random_bytes` raises
     :class:`FailClosed`, waiters are failed, and :meth:`on_failure`
     callbacks run so that open streams close.  It serves again only after a
     reseed from samples that passed a fresh startup test.  A health failure
     drops every buffered sample, because a fault may have begun before a test
     could see it.
-  * *starved*: the source is healthy, but the approved samples are too few
-    for a reseed that is due (or for the first instantiation).  This is
+  * *starved*: enough sources are healthy, but their approved samples
+    carry too little credit for a reseed that is due (or for the first
+    instantiation).  This is
     backpressure: :meth:`random_bytes` raises :class:`Starved` (a
     :class:`FailClosed`, so a caller that does not wait still refuses), and
     :meth:`wait` calls back once enough seed has arrived
@@ -63,17 +74,17 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
 from twisted.logger import Logger
 
-from entropy_appliance.core.backoff import Backoff
 from entropy_appliance.core.drbg import CtrDrbg
+from entropy_appliance.core.feed import CREDIT_SCALE, IPull, SourceFeed, allot, credit_units, feed_of
 from entropy_appliance.core.health import HealthTests
-from entropy_appliance.core.states import PoolState, SourceState
+from entropy_appliance.core.states import HealthTest, PoolState, SourceState
 from entropy_appliance.core.status import (
     BufferStatus,
     DrbgStatus,
@@ -81,9 +92,6 @@ from entropy_appliance.core.status import (
     SourceStatus,
     StarvedStatus,
 )
-
-#: The longest wait, in seconds, before a failed source is tested again.
-MAX_BACKOFF = 60.0
 
 #: Seconds of measured seed demand that the buffer holds ahead.
 READ_AHEAD = 2.0
@@ -238,20 +246,22 @@ def samples_for_bits(bits: int, min_entropy: float) -> int:
     return math.ceil(bits / min_entropy)
 
 
-class IPull(Protocol):
-    """What the pool needs of its source reader: one more read, please."""
-
-    def resumeProducing(self) -> None: ...
-
-
 class SeedPool:
     """
     Health-tests raw source bytes, buffers approved samples up to a
     read-ahead target, and owns the CTR_DRBG.
 
-    It is the consumer of a pull producer (the source reader, with the
-    ``IConsumer`` method names): it asks for more only while it is below its
-    target, and tells the reader how much it wants (:meth:`read_size`).
+    Each source is a :class:`~entropy_appliance.core.feed.SourceFeed` with
+    its own health tests, buffer, backoff and state; its reader (a pull
+    producer) writes to the feed, and the pool asks a reader for more only
+    while that feed is below its target.  Every seed takes approved samples
+    from every healthy source (:func:`~entropy_appliance.core.feed.allot`).
+    A pool made with one ``health`` and no ``feeds`` has one source, and is
+    itself the consumer of its reader (``registerProducer``, ``write``,
+    :meth:`read_size`), as before there were several.
+
+    ``min_sources``: the pool fails closed while fewer sources are healthy,
+    and each seed draws on at least that many.
     """
 
     log = Logger()
@@ -259,7 +269,7 @@ class SeedPool:
     def __init__(
         self,
         clock: IClock,
-        health: HealthTests,
+        health: HealthTests | None,
         policy: ReseedPolicy,
         source_name: str = "kernel",
         source_kind: str = "kernel",
@@ -269,49 +279,59 @@ class SeedPool:
         max_buffer: int = MAX_BUFFER,
         personalization: Callable[[], bytes] | None = None,
         block: OutputBlock | None = None,
+        feeds: Sequence[SourceFeed] | None = None,
+        min_sources: int = 1,
     ) -> None:
         self._clock = clock
-        self._health = health
         self.policy = policy
-        self.source_name = source_name
-        self.source_kind = source_kind
-        self.min_entropy = health.min_entropy
-        self.reseed_samples = samples_for_bits(policy.bits, self.min_entropy)
-        self.instantiate_samples = samples_for_bits(
-            policy.bits + policy.bits // 2, self.min_entropy
-        )
+        if feeds is None:
+            if health is None:
+                raise ValueError("a seed pool needs health tests or feeds")
+            feeds = [SourceFeed(health, source_name, source_kind)]
+        if not feeds:
+            raise ValueError("a seed pool needs at least one source")
+        names = [f.name for f in feeds]
+        if len(set(names)) != len(names):
+            raise ValueError("each source may be given once")
+        if not 1 <= min_sources <= len(feeds):
+            raise ValueError(f"min_sources must be between 1 and {len(feeds)}")
+        self.feeds: tuple[SourceFeed, ...] = tuple(feeds)
+        self.min_sources = min_sources
+        #: Credit, in units of 1/CREDIT_SCALE bit, of a reseed's entropy
+        #: input, and of an instantiation's nonce (half as much).
+        self.reseed_credit = policy.bits * CREDIT_SCALE
+        self.nonce_credit = self.reseed_credit // 2
+        first = self.feeds[0]
+        self.min_entropy = first.min_entropy
+        self.reseed_samples = first.samples_for(self.reseed_credit)
+        self.instantiate_samples = self.reseed_samples + first.samples_for(self.nonce_credit)
+        for feed in self.feeds:
+            alone = feed.samples_for(self.reseed_credit) + feed.samples_for(self.nonce_credit)
+            floor = high_water or max(4 * alone, 4096)
+            if floor < alone:
+                raise ValueError("high-water mark is below one instantiation's seed")
+            feed.attach(self, floor, max_buffer)
         #: The buffer's floor: what it holds with no measured demand.
-        self.high_water = high_water or max(4 * self.instantiate_samples, 4096)
-        if self.high_water < self.instantiate_samples:
-            raise ValueError("high-water mark is below one instantiation's seed")
-        self.max_buffer = max(max_buffer, self.high_water)
+        self.high_water = first.high_water
+        self.max_buffer = first.max_buffer
+        #: The lowest claim of any source: what a worker credits relayed seed at.
+        self.relay_min_entropy = min(f.min_entropy for f in self.feeds)
+        self._relay_unit = credit_units(self.relay_min_entropy)
         self._getpid = getpid
         self._personalization = personalization or self._default_personalization
         #: False in a parent that only relays seed material to workers: it
         #: never instantiates a DRBG of its own.
         self.serving = serving
         self._pid = getpid()
-        self._buffer = bytearray()
         self._drbg: CtrDrbg | None = None
         self._last_reseed: float | None = None
         self._bytes_since_reseed = 0
-        self._producer: IPull | None = None
-        self._pulling = False
-        self._source_state: SourceState = SourceState.STARTING
-        self._health_retry_at: float | None = None
-        self._health_backoff = Backoff(1.0, MAX_BACKOFF)
-        self._source_error: str | None = None
-        #: Why the pool fails closed (the source failed), or None.
+        #: Why the pool fails closed (too few healthy sources), or None.
         self._failure: str | None = None
         #: Since when the pool has been starved, or None.  Not yet seeded
         #: counts as starved from the start.
         self._starved_since: float | None = clock.seconds() if serving else None
-        #: The samples a refused request needs at once.
-        self._wanted = 0
-        # Demand: samples drawn since the last measurement, and its rate.
-        self._drawn = 0
         self._demand_at = clock.seconds()
-        self._demand = 0.0
         #: Who waits for how many bytes: (n, ready, failed).
         self._waiters: list[_Waiter] = []
         self._failure_callbacks: set[Callable[[FailClosed], object]] = set()
@@ -322,85 +342,178 @@ class SeedPool:
         self._block.size = max(1, min(self._block.size, policy.max_bytes // 16))
         #: What :meth:`mix` took since the last reseed, or None.
         self._mixed: hashlib._Hash | None = None
+        #: The names and kinds of the sources of the current seed, as the
+        #: X-RNG-Source headers give them: every source before the first.
+        self._seed_names = ", ".join(names)
+        self._seed_kinds = ", ".join(f.kind for f in self.feeds)
+        self._seed_feeds: tuple[SourceFeed, ...] = ()
+        self._healthy = 0
+        self._eligible_feeds: list[SourceFeed] = []
+        #: What each source gave to the last seed, while nothing failed since.
+        self._last_given: list[int] | None = None
+        self._recount()
+        #: The credit units of the last seed.
+        self._seed_credit = 0
 
-    # -- IConsumer: the producer side ---------------------------------------
+    # -- the one source of a single-source pool ---------------------------------
+
+    @property
+    def _buffer(self) -> bytearray:
+        """The first source's buffer of approved samples."""
+        return self.feeds[0].buffer
+
+    @_buffer.setter
+    def _buffer(self, value: bytearray) -> None:
+        self.feeds[0].buffer = bytearray(value)
+
+    @property
+    def source_name(self) -> str:
+        """The sources of the current seed (every source before the first), comma-separated."""
+        return self._seed_names
+
+    @property
+    def source_kind(self) -> str:
+        """The kinds of :attr:`source_name`'s sources, in the same order."""
+        return self._seed_kinds
+
+    def feed(self, name: str) -> SourceFeed | None:
+        """The source called ``name``, or None."""
+        return feed_of(self.feeds, name)
 
     def registerProducer(self, producer: IPull, streaming: bool) -> None:
-        """Attach the source reader; only pull producers are accepted."""
-        if streaming or not callable(getattr(producer, "resumeProducing", None)):
-            raise ValueError("the seed pool takes a pull producer")
-        if self._producer is not None:
-            raise RuntimeError("a producer is already registered")
-        self._producer = producer
-        self._pull()
+        """Attach the reader of the first (usually only) source."""
+        self.feeds[0].registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
-        """Detach the source reader."""
-        self._producer = None
-        self._pulling = False
+        """Detach the reader of the first source."""
+        self.feeds[0].unregisterProducer()
 
     def write(self, data: bytes) -> None:
         """
-        Take one chunk of raw source bytes: health-test it and keep what
-        passes.
+        Take one chunk of raw bytes of the first source: health-test it and
+        keep what passes.
         """
-        self._pulling = False
-        self.counters.bytes_read += len(data)
-        before = sum(self._health.failures.values())
-        approved = self._health.feed(data)
-        if sum(self._health.failures.values()) != before:
+        self._fed(self.feeds[0], data)
+
+    def source_failed(self, reason: str) -> None:
+        """The first source's reader reports that it cannot be read."""
+        self._feed_failed(self.feeds[0], reason)
+
+    def source_recovered(self) -> None:
+        """The first source's reader could read it again: run the startup test."""
+        self._feed_recovered(self.feeds[0])
+
+    # -- what each source's reader brings -----------------------------------------
+
+    def _fed(self, feed: SourceFeed, data: bytes) -> None:
+        feed.pulling = False
+        feed.bytes_read += len(data)
+        health = feed.health
+        before = sum(health.failures.values())
+        approved = health.feed(data)
+        if sum(health.failures.values()) != before:
             # A fault may predate its detection; nothing buffered is trusted.
-            self._buffer.clear()
+            feed.drop()
+        if feed.state is not health.state:
+            feed.state = health.state
+            self._recount()
+        if feed.left_out and feed.state is SourceState.OK:
+            feed.left_out = False
+            feed.error = None
+            self._recount()
+            if len(self.feeds) > 1:
+                self.log.warn("entropy source {name} passed its startup test again: taken back "
+                              "({n} of {total} sources healthy)", name=feed.name,
+                              n=self._counted(), total=len(self.feeds))
         if approved:
-            room = self.target() - len(self._buffer)
-            self._buffer += approved[:room]
-        self._source_state = self._health.state
+            room = self.target(feed) - len(feed.buffer)
+            feed.buffer += approved[:room]
         now = self._clock.seconds()
-        if self._health.state is SourceState.FAILED:
-            self._health_failed(now)
+        if feed.state is SourceState.FAILED:
+            self._health_failed(feed, now)
         elif self.serving:
             if self._needs_seed(now):
                 self._try_reseed(now)
             self._wake(now)
-        self._pull()
+        elif self._failure is not None and self._counted() >= self.min_sources:
+            # A relaying parent never reseeds: it recovers once enough
+            # sources have passed their startup test again.
+            self.log.info("relaying seed again (was: {why})", why=self._failure)
+            self._failure = None
+        self._pull(feed)
 
-    def _health_failed(self, now: float) -> None:
-        if self._health_retry_at is None:
+    def _named(self, feed: SourceFeed, what: str) -> str:
+        """``source failed ...``, naming the source when there are several."""
+        return f"source {feed.name} {what}" if len(self.feeds) > 1 else f"source {what}"
+
+    def _health_failed(self, feed: SourceFeed, now: float) -> None:
+        health = feed.health
+        if feed.retry_at is None:
             self.log.error(
                 "entropy source {name} failed its health tests ({test}); "
-                "retrying in {delay:.0f} s", name=self.source_name,
-                test=self._health.last_failure, delay=self._health_backoff.delay)
-            self._health_retry_at = now + self._health_backoff.next()
-        self._fail(f"source failed its health tests ({self._health.last_failure})")
+                "retrying in {delay:.0f} s", name=feed.name,
+                test=health.last_failure, delay=feed.backoff.delay)
+            feed.retry_at = now + feed.backoff.next()
+        self._feed_down(feed, self._named(feed, f"failed its health tests ({health.last_failure})"))
 
-    def _maybe_retry_health(self, now: float) -> None:
-        if self._health_retry_at is not None and now >= self._health_retry_at:
-            self._health_retry_at = None
-            self.log.info("re-running the startup test of {name}", name=self.source_name)
-            self._health.reset()
-            self._source_state = self._health.state
-            self._pull()
+    def _maybe_retry_health(self, feed: SourceFeed, now: float) -> None:
+        if feed.retry_at is not None and now >= feed.retry_at:
+            feed.retry_at = None
+            self.log.info("re-running the startup test of {name}", name=feed.name)
+            feed.health.reset()
+            feed.state = feed.health.state
+            self._recount()
+            self._pull(feed)
 
-    def source_failed(self, reason: str) -> None:
-        """The producer reports that the source cannot be read."""
-        self._pulling = False
+    def _feed_failed(self, feed: SourceFeed, reason: str) -> None:
+        """A reader reports that its source cannot be read."""
+        feed.pulling = False
+        feed.errors += 1
         self.counters.source_errors += 1
-        # A device that fails may have been failing quietly before.
-        self._buffer.clear()
-        if self._source_state is not SourceState.FAILED:
-            self.log.error("entropy source {name} failed: {reason}",
-                           name=self.source_name, reason=reason)
-        self._source_state = SourceState.FAILED
-        self._source_error = reason
-        self._fail(f"source failed: {reason}")
+        if feed.state is not SourceState.FAILED:
+            self.log.error("entropy source {name} failed: {reason}", name=feed.name, reason=reason)
+        feed.state = SourceState.FAILED
+        feed.error = reason
+        self._recount()
+        self._feed_down(feed, self._named(feed, f"failed: {reason}"))
 
-    def source_recovered(self) -> None:
-        """The producer could read the source again: run the startup test."""
-        self.log.info("entropy source {name} is readable again; startup test",
-                      name=self.source_name)
-        self._health.reset()
-        self._source_state = self._health.state
-        self._source_error = None
+    def _feed_recovered(self, feed: SourceFeed) -> None:
+        """A reader could read its source again: run the startup test."""
+        self.log.info("entropy source {name} is readable again; startup test", name=feed.name)
+        feed.health.reset()
+        feed.state = feed.health.state
+        feed.error = None
+        self._recount()
+
+    def _feed_down(self, feed: SourceFeed, reason: str) -> None:
+        """
+        A source failed: drop its buffer (a device that fails may have been
+        failing quietly before), leave it out of every seed until it passes
+        its startup test again, and fail closed if too few sources are left.
+        """
+        feed.drop()
+        first = not feed.left_out
+        feed.left_out = True
+        self._last_given = None
+        self._recount()
+        healthy = self._counted()
+        if healthy < self.min_sources:
+            if len(self.feeds) > 1:
+                reason = (f"{reason}; {healthy} of {len(self.feeds)} sources healthy, "
+                          f"{self.min_sources} needed")
+            self._fail(reason)
+        elif first:
+            self.log.warn("entropy source {name} left out; carrying on with {n} of {total} "
+                          "sources", name=feed.name, n=healthy, total=len(self.feeds))
+
+    def _counted(self) -> int:
+        """How many sources count as healthy for ``min_sources``."""
+        return self._healthy
+
+    def _recount(self) -> None:
+        """Count the healthy and the eligible sources again, after any source's state changed."""
+        self._healthy = sum(1 for f in self.feeds if f.counted)
+        self._eligible_feeds = [f for f in self.feeds if f.eligible]
 
     def _fail(self, reason: str) -> None:
         """Fail closed now: refuse, fail every waiter, tell every watcher."""
@@ -417,43 +530,136 @@ class SeedPool:
         for callback in list(self._failure_callbacks):
             callback(error)
 
-    def target(self) -> int:
-        """The buffer level the pool reads up to now."""
-        ahead = int(self._demand * READ_AHEAD)
-        return min(self.max_buffer, max(self.high_water, ahead, self._wanted))
+    def target(self, feed: SourceFeed | None = None) -> int:
+        """The buffer level a source (the first by default) is read up to now."""
+        f = feed or self.feeds[0]
+        ahead = int(f.demand * READ_AHEAD)
+        return min(f.max_buffer, max(f.high_water, ahead, f.wanted))
 
     def read_size(self) -> int:
-        """How many bytes the reader should fetch next: the buffer's deficit."""
-        return max(1, self.target() - len(self._buffer))
+        """How many bytes the first source's reader should fetch next: its buffer's deficit."""
+        return self.feeds[0].read_size()
 
-    def _pull(self) -> None:
-        if (
-            self._producer is not None
-            and not self._pulling
-            and len(self._buffer) < self.target()
-            and self._source_state is not SourceState.FAILED
-        ):
-            self._pulling = True
-            self._producer.resumeProducing()
+    def _pull(self, feed: SourceFeed) -> None:
+        if feed.producer is None or feed.pulling or feed.state is SourceState.FAILED:
+            return
+        target = self.target(feed)
+        # A buffer that is merely topped up waits until a quarter of it is
+        # gone, so that each read brings a useful amount rather than the few
+        # samples of one reseed; a pool that waits for seed reads at once.
+        if feed.wanted or self._starved_since is not None or feed.state is not SourceState.OK:
+            low = target
+        else:
+            low = target - target // 4
+        if len(feed.buffer) < low:
+            feed.pulling = True
+            feed.producer.resumeProducing()
+
+    def _pull_all(self) -> None:
+        for feed in self.feeds:
+            self._pull(feed)
 
     def nudge(self) -> None:
-        """Ask the producer for more if the pool is below its target."""
-        self._pull()
+        """Ask each reader for more if its source is below its target."""
+        self._pull_all()
 
     # -- seeding --------------------------------------------------------------
 
     def _needs_seed(self, now: float) -> bool:
         return self._drbg is None or self._failure is not None or self._reseed_due(now)
 
-    def _take(self, n: int) -> bytes | None:
+    def _eligible(self) -> list[SourceFeed]:
+        return self._eligible_feeds
+
+    def _plan_takes(self, feeds: Sequence[SourceFeed],
+                    credits: Sequence[int]) -> list[list[int]] | None:
+        """
+        How many samples each of ``feeds`` gives to each seed of ``credits``
+        (credit units each), in turn; None if they cannot carry them all.
+        The even split of :func:`~entropy_appliance.core.feed.allot` is
+        computed directly while every source holds its share (the usual
+        case, once per reseed), and by ``allot`` otherwise.
+        """
+        if len(feeds) < self.min_sources:
+            return None
+        avail = [len(f.buffer) for f in feeds]
+        units = [f.unit for f in feeds]
+        plans = []
+        for credit in credits:
+            count = sum(1 for a in avail if a)
+            take = [-(-credit // (count * u)) if a else 0 for a, u in zip(avail, units, strict=True)]
+            if count < self.min_sources or any(t > a for t, a in zip(take, avail, strict=True)):
+                found = allot(list(zip(avail, units, strict=True)), credit, self.min_sources)
+                if found is None:
+                    return None
+                take = found
+            avail = [a - t for a, t in zip(avail, take, strict=True)]
+            plans.append(take)
+        return plans
+
+    def _take(self, credits: Sequence[int]) -> list[bytes] | None:
+        """
+        Take one seed for each of ``credits`` (credit units each) from every
+        eligible source, all or nothing; None if the sources cannot carry
+        them now.  Each part is the sources' samples concatenated in the
+        order the sources were given.
+        """
         self.counters.seed_draws += 1
-        if len(self._buffer) < n:
+        feeds = self._eligible() if self._counted() >= self.min_sources else []
+        plans = self._plan_takes(feeds, credits)
+        if plans is None:
             self.counters.seed_draws_short += 1
             return None
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        self._drawn += n
-        return out
+        parts = [b"".join([f.take(t) for f, t in zip(feeds, take, strict=True) if t]) for take in plans]
+        self._record_seed(feeds, [sum(column) for column in zip(*plans, strict=True)])
+        return parts
+
+    def _record_seed(self, feeds: Sequence[SourceFeed], given: Sequence[int]) -> None:
+        """Remember what each source gave to the seed, and the seed's sources."""
+        if given == self._last_given and len(feeds) == len(self.feeds):
+            return
+        self._last_given = list(given) if len(feeds) == len(self.feeds) else None
+        for f in self.feeds:
+            f.given = 0
+        for f, t in zip(feeds, given, strict=True):
+            f.given = t
+            if t:
+                f.backoff.reset()
+        self._seed_credit = sum(f.given * f.unit for f in feeds)
+        used = tuple(f for f in self.feeds if f.given)
+        if used != self._seed_feeds:
+            self._seed_feeds = used
+            self._seed_names = ", ".join(f.name for f in used)
+            self._seed_kinds = ", ".join(f.kind for f in used)
+
+    def _share(self, feed: SourceFeed) -> float:
+        """A source's share of the credited entropy of the last seed, 0..1."""
+        if not feed.given or not self._seed_credit:
+            return 0.0
+        return round(feed.given * feed.unit / self._seed_credit, 4)
+
+    def _can_seed(self, instantiate: bool, reseeds: int) -> bool:
+        """Whether the sources hold the seed of an instantiation (if asked) and ``reseeds`` reseeds."""
+        if not instantiate and not reseeds:
+            return True
+        if self._counted() < self.min_sources:
+            return False
+        if len(self.feeds) == 1:
+            feed = self.feeds[0]
+            need = reseeds * self.reseed_samples + (self.instantiate_samples if instantiate else 0)
+            return feed.eligible and len(feed.buffer) >= need
+        feeds = self._eligible()
+        credits = [self.reseed_credit, self.nonce_credit] if instantiate else []
+        credits += [self.reseed_credit] * reseeds
+        total = sum(credits)
+        if sum(len(f.buffer) * f.unit for f in feeds) < total:
+            return False
+        count = sum(1 for f in feeds if f.buffer)
+        if count >= self.min_sources and all(
+                len(f.buffer) >= -(-total // (count * f.unit)) + len(credits) for f in feeds):
+            # Every source holds its even share of every seed, rounding included.
+            return True
+        return self._plan_takes(feeds, credits) is not None
 
     @staticmethod
     def _default_personalization() -> bytes:
@@ -462,25 +668,24 @@ class SeedPool:
         )
 
     def _try_reseed(self, now: float) -> bool:
-        """Instantiate or reseed from the buffer; wake the waiters on success."""
-        if self._source_state is SourceState.FAILED:
+        """Instantiate or reseed from the sources; wake the waiters on success."""
+        if self._counted() < self.min_sources:
             return False
         if self._drbg is None:
-            seed = self._take(self.instantiate_samples)
-            if seed is None:
+            parts = self._take([self.reseed_credit, self.nonce_credit])
+            if parts is None:
                 return False
-            split = self.reseed_samples
             self._drbg = CtrDrbg(
-                seed[:split], nonce=seed[split:],
+                parts[0], nonce=parts[1],
                 personalization=self._personalization(), use_df=True,
             )
-            self.log.info("DRBG instantiated from {source}", source=self.source_name)
+            self.log.info("DRBG instantiated from {source}", source=self._seed_names)
         else:
-            seed = self._take(self.reseed_samples)
-            if seed is None:
+            parts = self._take([self.reseed_credit])
+            if parts is None:
                 return False
             mixed, self._mixed = self._mixed, None
-            self._drbg.reseed(seed, mixed.digest() if mixed is not None else b"")
+            self._drbg.reseed(parts[0], mixed.digest() if mixed is not None else b"")
         self._reseeded(now)
         return True
 
@@ -489,7 +694,6 @@ class SeedPool:
         self._last_reseed = now
         self._bytes_since_reseed = 0
         self.counters.reseeds += 1
-        self._health_backoff.reset()
         if self._failure is not None:
             self.log.info("serving random bytes again (was: {why})", why=self._failure)
             self._failure = None
@@ -501,39 +705,50 @@ class SeedPool:
             or self._bytes_since_reseed >= self.policy.max_bytes
         )
 
-    def _seed_needed(self, n: int, now: float) -> int:
-        """The approved samples that serving ``n`` bytes now takes."""
+    def _plan(self, n: int, now: float) -> tuple[bool, int]:
+        """Whether serving ``n`` bytes now instantiates first, and how many reseeds it takes."""
         cap = self.policy.max_bytes
         if self._drbg is None:
-            return self.instantiate_samples + max(0, -(-n // cap) - 1) * self.reseed_samples
+            return True, max(0, -(-n // cap) - 1)
         due = self._reseed_due(now)
         used = 0 if due else self._bytes_since_reseed
-        reseeds = int(due) + max(0, -(-(used + n) // cap) - 1)
-        return reseeds * self.reseed_samples
+        return False, int(due) + max(0, -(-(used + n) // cap) - 1)
+
+    def _seed_ok(self, n: int, now: float) -> bool:
+        """Whether the sources hold every seed that serving ``n`` bytes now takes."""
+        return self._can_seed(*self._plan(n, now))
+
+    def _seed_needed(self, n: int, now: float) -> int:
+        """The credit units that serving ``n`` bytes now takes."""
+        instantiate, reseeds = self._plan(n, now)
+        return (self.reseed_credit + self.nonce_credit if instantiate else 0) + (
+            reseeds * self.reseed_credit)
 
     def _wake(self, now: float) -> None:
         """End starvation once a plain request can be served; fire the waiters that can be."""
         if self._failure is not None:
             return
-        if self._starved_since is not None and len(self._buffer) >= self._seed_needed(0, now):
+        if self._starved_since is not None and self._seed_ok(0, now):
             if self._drbg is None and self.serving:
                 self._try_reseed(now)
             self._end_starvation(now)
-            self._wanted = 0
+            for feed in self.feeds:
+                feed.wanted = 0
         for waiter in list(self._waiters):
             if self._failure is not None:
                 return
-            if waiter in self._waiters and len(self._buffer) >= self._seed_needed(waiter.n, now):
+            if waiter in self._waiters and self._seed_ok(waiter.n, now):
                 self._waiters.remove(waiter)
                 waiter.ready()
-        self._pull()
+        self._pull_all()
 
-    def _starve(self, now: float, wanted: int) -> None:
+    def _starve(self, now: float, credit: int) -> None:
         self._block.drop()
         if self._starved_since is None:
             self._starved_since = now
-        self._wanted = max(self._wanted, min(wanted, self.max_buffer))
-        self._pull()
+        for feed in self.feeds:
+            feed.wanted = max(feed.wanted, min(feed.samples_for(credit), feed.max_buffer))
+        self._pull_all()
 
     def _end_starvation(self, now: float) -> None:
         if self._starved_since is not None:
@@ -542,7 +757,7 @@ class SeedPool:
 
     def _forked(self) -> None:
         """
-        This process is a fork of the one that made the DRBG and the buffer:
+        This process is a fork of the one that made the DRBG and the buffers:
         both are shared with the parent, so both are dropped, and the child
         instantiates anew from samples it reads itself.
         """
@@ -553,35 +768,39 @@ class SeedPool:
         self._block.drop()
         self._mixed = None
         self._last_reseed = None
-        self._buffer.clear()
         self._waiters = []
         self._starved_since = self._clock.seconds() if self.serving else None
-        self._pulling = False
-        after_fork = getattr(self._producer, "after_fork", None)
-        if after_fork is not None:
-            after_fork()
-        self._pull()
+        for feed in self.feeds:
+            feed.drop()
+            feed.pulling = False
+            after_fork = getattr(feed.producer, "after_fork", None)
+            if after_fork is not None:
+                after_fork()
+        self._pull_all()
 
     def _measure_demand(self, now: float) -> None:
         elapsed = now - self._demand_at
         if elapsed >= 0.5:
-            rate = self._drawn / elapsed
-            # Rise at once, decay slowly: bursts come back.
-            self._demand = rate if rate > self._demand else 0.8 * self._demand + 0.2 * rate
-            self._drawn = 0
+            for feed in self.feeds:
+                rate = feed.drawn / elapsed
+                # Rise at once, decay slowly: bursts come back.
+                feed.demand = rate if rate > feed.demand else 0.8 * feed.demand + 0.2 * rate
+                feed.drawn = 0
             self._demand_at = now
 
     def tick(self) -> None:
         """
         Reseed now if a reseed is due; called on the reseed interval so that
         an idle pool still reseeds on time.  A due reseed that cannot be done
-        starves the pool until samples arrive.
+        starves the pool until samples arrive.  A failed source whose
+        backoff has passed runs its startup test again.
         """
         now = self._clock.seconds()
         self._measure_demand(now)
-        self._maybe_retry_health(now)
+        for feed in self.feeds:
+            self._maybe_retry_health(feed, now)
         if not self.serving or self._failure is not None:
-            self._pull()
+            self._pull_all()
             return
         if self._needs_seed(now) and not self._try_reseed(now):
             self.counters.reseed_failures += 1
@@ -597,8 +816,8 @@ class SeedPool:
         if self._failure is not None:
             self.counters.fail_closed_refusals += 1
             raise FailClosed(self.closed_reason or "source failed", self.retry_after())
-        need = self._seed_needed(n, now)
-        if len(self._buffer) < need:
+        if not self._seed_ok(n, now):
+            need = self._seed_needed(n, now)
             self.counters.seed_draws_short += 1
             if self._drbg is None:
                 self._refuse_starved(now, need, "waiting for the first seed")
@@ -729,56 +948,76 @@ class SeedPool:
         """A hint, in seconds, for when to try again after FailClosed."""
         return max(1.0, self.policy.interval)
 
-    def take_raw(self, n: int) -> bytes:
+    def take_raw(self, n: int, source: str | None = None) -> bytes:
         """
-        Hand out ``n`` raw samples for diagnostics (a heatmap).
+        Hand out ``n`` raw samples of one source (the first by default) for
+        diagnostics (a heatmap).
 
-        While the source is healthy they come from the approved buffer, and
+        While the source is healthy they come from its approved buffer, and
         are consumed so that they never seed the DRBG; only what is beyond
         one reseed's worth may be taken.  While the source is failing they
-        come from the health tests' quarantine of discarded samples.  Raises
-        :class:`PoolShort` rather than starving a reseed.
+        come from its health tests' quarantine of discarded samples.  Raises
+        :class:`PoolShort` rather than starving a reseed, and KeyError for a
+        source the pool does not have.
         """
-        if SourceState.FAILED in (self._source_state, self._health.state):
-            raw = self._health.quarantine(n)
+        feed = self.feeds[0] if source is None else self.feed(source)
+        if feed is None:
+            raise KeyError(source)
+        if feed.left_out or SourceState.FAILED in (feed.state, feed.health.state):
+            raw = feed.health.quarantine(n)
             if len(raw) < n:
                 raise PoolShort("not enough raw samples from the failing source")
             return raw
-        if len(self._buffer) - n < self.reseed_samples:
-            self._pull()
+        if len(feed.buffer) - n < feed.samples_for(self.reseed_credit):
+            self._pull(feed)
             raise PoolShort("the seed pool is too low to spare raw samples")
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        self._pull()
+        out = bytes(feed.buffer[:n])
+        del feed.buffer[:n]
+        self._pull(feed)
         return out
 
     def take_seed(self, n: int) -> bytes:
         """
-        Hand out up to ``n`` approved samples as seed material for another
-        process (a worker); they are consumed, so no two takers get the same
-        bytes.  Raises :class:`PoolShort` when none are buffered or the
-        source is failing.
+        Hand out combined seed material for another process (a worker):
+        approved samples from every healthy source, in the order the sources
+        were given, carrying at least ``n`` samples' worth of credit at the
+        lowest claim of any source (:attr:`relay_min_entropy`), so that a
+        taker that credits every byte at that claim never over-credits.
+        They are consumed, so no two takers get the same bytes.  Raises
+        :class:`PoolShort` when too few sources are healthy or none has
+        samples.
         """
-        if self._source_state is SourceState.FAILED or not self._buffer:
-            self._pull()
+        if self._failure is not None or self._counted() < self.min_sources:
+            self._pull_all()
             raise PoolShort("no healthy seed material buffered")
-        out = bytes(self._buffer[:n])
-        del self._buffer[:n]
-        self.counters.seed_draws += 1
-        self._drawn += len(out)
-        self._pull()
-        return out
+        if len(self.feeds) == 1:
+            feed = self.feeds[0]
+            if not feed.eligible or not feed.buffer:
+                self._pull(feed)
+                raise PoolShort("no healthy seed material buffered")
+            self.counters.seed_draws += 1
+            out = feed.take(n)
+            self._pull(feed)
+            return out
+        feeds = self._eligible()
+        held = sum(len(f.buffer) * f.unit for f in feeds)
+        credit = min(n * self._relay_unit, held)
+        parts = self._take([credit]) if credit else None
+        self._pull_all()
+        if not parts:
+            raise PoolShort("no healthy seed material buffered")
+        return parts[0]
 
     # -- reporting ------------------------------------------------------------
 
     @property
     def state(self) -> PoolState:
         """ok, starved or failed (see :class:`PoolState`)."""
-        if self._failure is not None or self._source_state is SourceState.FAILED:
+        if self._failure is not None or self._counted() < self.min_sources:
             return PoolState.FAILED
         if self.serving and (
                 self._drbg is None or self._starved_since is not None
-                or len(self._buffer) < self._seed_needed(0, self._clock.seconds())):
+                or not self._seed_ok(0, self._clock.seconds())):
             return PoolState.STARVED
         return PoolState.OK
 
@@ -792,9 +1031,8 @@ class SeedPool:
         """Why no byte is served now, or None."""
         if self._failure is not None:
             return self._failure
-        if self._source_state is SourceState.FAILED:
-            return self._source_error and f"source failed: {self._source_error}" or (
-                "source failed its health tests")
+        if self._counted() < self.min_sources:
+            return f"{self._counted()} of {len(self.feeds)} sources healthy, {self.min_sources} needed"
         if self._drbg is None:
             return "waiting for the first seed"
         if self.state is PoolState.STARVED:
@@ -807,13 +1045,71 @@ class SeedPool:
             return 0.0
         return max(0.0, self._clock.seconds() - self._starved_since)
 
+    def _feed_status(self, feed: SourceFeed) -> SourceStatus:
+        health = feed.health
+        state = SourceState.FAILED if feed.left_out and feed.state is SourceState.OK else feed.state
+        return SourceStatus(
+            name=feed.name,
+            kind=feed.kind,
+            state=state,
+            error=feed.error,
+            bytes_read=feed.bytes_read,
+            errors=feed.errors,
+            min_entropy=feed.min_entropy,
+            health_failures=MappingProxyType(dict(health.failures)),
+            health=health.snapshot(),
+            buffered_bytes=len(feed.buffer),
+            share=self._share(feed),
+            in_seed=feed.given > 0,
+            left_out=feed.left_out,
+        )
+
+    def _overall(self, sources: Sequence[SourceStatus]) -> SourceStatus:
+        """
+        The one ``source`` of the status document: the source itself when
+        there is one, else all of them together (names and kinds joined,
+        counters summed, the lowest claim, the best state among the sources
+        that count, or failed when too few do).
+        """
+        if len(sources) == 1:
+            return sources[0]
+        failures: dict[HealthTest, int] = {}
+        for one in sources:
+            for test, count in one.health_failures.items():
+                failures[test] = failures.get(test, 0) + count
+        if self._counted() < self.min_sources:
+            state = SourceState.FAILED
+        else:
+            order = (SourceState.OK, SourceState.STARTUP, SourceState.STARTING)
+            states = {f.state for f in self.feeds if f.counted}
+            state = next((s for s in order if s in states), SourceState.FAILED)
+        errors = [f"{s.name}: {s.error}" for s in sources if s.error]
+        return SourceStatus(
+            name=", ".join(s.name for s in sources),
+            kind=", ".join(s.kind for s in sources),
+            state=state,
+            error="; ".join(errors) or None,
+            bytes_read=sum(s.bytes_read for s in sources),
+            errors=sum(s.errors for s in sources),
+            min_entropy=min(s.min_entropy for s in sources),
+            health_failures=MappingProxyType(failures),
+            health=sources[0].health,
+            buffered_bytes=sum(s.buffered_bytes for s in sources),
+            share=1.0,
+            in_seed=any(s.in_seed for s in sources),
+            left_out=all(s.left_out for s in sources),
+        )
+
     def status(self) -> PoolStatus:
         """One snapshot of every counter (``as_dict()`` makes it JSON)."""
         now = self._clock.seconds()
         c = self.counters
-        health = self._health
         age = None if self._last_reseed is None else max(0.0, now - self._last_reseed)
         starved_now = self.starved_for()
+        sources = tuple(self._feed_status(f) for f in self.feeds)
+        fill = sum(len(f.buffer) for f in self.feeds)
+        target = sum(self.target(f) for f in self.feeds)
+        demand = sum(f.demand for f in self.feeds)
         return PoolStatus(
             state=self.state,
             healthy=self.healthy,
@@ -824,22 +1120,12 @@ class SeedPool:
                 waits=c.starved_waits,
                 refusals=c.starved_refusals,
             ),
-            source=SourceStatus(
-                name=self.source_name,
-                kind=self.source_kind,
-                state=self._source_state,
-                error=self._source_error,
-                bytes_read=c.bytes_read,
-                errors=c.source_errors,
-                min_entropy=self.min_entropy,
-                health_failures=MappingProxyType(health.failures),
-                health=health.snapshot(),
-            ),
+            source=self._overall(sources),
             buffer=BufferStatus(
-                fill_bytes=len(self._buffer),
-                fill_percent=round(100.0 * len(self._buffer) / self.target(), 2),
-                high_water_bytes=self.target(),
-                demand_bytes_per_second=round(self._demand, 1),
+                fill_bytes=fill,
+                fill_percent=round(100.0 * fill / target, 2),
+                high_water_bytes=target,
+                demand_bytes_per_second=round(demand, 1),
                 pressure=(c.seed_draws_short / c.seed_draws) if c.seed_draws else 0.0,
                 seed_draws=c.seed_draws,
                 seed_draws_short=c.seed_draws_short,
@@ -857,6 +1143,8 @@ class SeedPool:
             ),
             served=MappingProxyType(dict(c.served)),
             fail_closed_refusals=c.fail_closed_refusals,
+            sources=sources,
+            min_sources=self.min_sources,
         )
 
     def reseed_age(self) -> float | None:

@@ -33,7 +33,7 @@ def to_json(value: Any) -> Any:
     """
     A status value as plain JSON types: dataclasses become dicts (a field's
     ``metadata["key"]`` renames it), enums their values, mappings dicts with
-    string keys.
+    string keys, sequences lists.
     """
     if is_dataclass(value) and not isinstance(value, type):
         return {f.metadata.get("key", f.name): to_json(getattr(value, f.name))
@@ -42,6 +42,8 @@ def to_json(value: Any) -> Any:
         return value.value
     if isinstance(value, Mapping):
         return {str(to_json(k)): to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
     return value
 
 
@@ -88,6 +90,15 @@ class SourceStatus:
     #: Failing windows per test since start.
     health_failures: Mapping[HealthTest, int]
     health: HealthStatus
+    #: Approved samples buffered for the next seeds.
+    buffered_bytes: int = 0
+    #: Its share of the credited entropy of the last seed (0..1).
+    share: float = 0.0
+    #: Whether it gave samples to the current seed.
+    in_seed: bool = False
+    #: Failed, and not yet back: it gives nothing until it passes its
+    #: startup test again.
+    left_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,10 @@ class PoolStatus:
     served: Mapping[str, int]
     #: Requests refused while failing closed.
     fail_closed_refusals: int
+    #: Every source, in the order given (``source`` is all of them together).
+    sources: tuple[SourceStatus, ...] = ()
+    #: Fewer healthy sources than this fail closed (``--min-sources``).
+    min_sources: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         """The ``/v1/status`` document of the pool: plain, JSON-ready types."""

@@ -1,8 +1,11 @@
 """
-Auto-detection: which hardware entropy source ``--source auto`` picks.
+Auto-detection: which hardware entropy sources ``--source auto`` uses.
 
-The rules, in order, under a root directory (``/`` unless a test or the
-probe says otherwise):
+``auto`` uses every device these rules accept, and the kernel CSPRNG beside
+them (:func:`detect_all`): a device that fails is then left out while the
+others carry on.  The rules, in order, under a root directory (``/`` unless
+a test or the probe says otherwise), pick the first as well
+(:func:`probe`, :func:`detect`):
 
 1. Quantis: the first readable ``/dev/qrandom*``.
 2. The kernel's hw_random device ``/dev/hwrng``, when it is readable and
@@ -28,7 +31,7 @@ from typing import TextIO, TypeAlias
 
 from entropy_appliance.source.sources import SourceSpec
 
-__all__ = ["Detected", "probe", "detect", "hwrng_driver", "main"]
+__all__ = ["Detected", "probe", "detect", "probe_all", "detect_all", "hwrng_driver", "main"]
 
 #: Where the kernel names the hw_random driver in use, under the root.
 RNG_CURRENT = "sys/class/misc/hw_random/rng_current"
@@ -51,11 +54,12 @@ class Detected:
         return f"{self.spec.path} ({self.spec.kind}{driver})"
 
 
+def _readable(pattern: str) -> list[str]:
+    return [path for path in sorted(glob.glob(pattern)) if os.access(path, os.R_OK)]
+
+
 def _first_readable(pattern: str) -> str | None:
-    for path in sorted(glob.glob(pattern)):
-        if os.access(path, os.R_OK):
-            return path
-    return None
+    return next(iter(_readable(pattern)), None)
 
 
 def hwrng_driver(root: StrPath = "/") -> str | None:
@@ -85,8 +89,29 @@ def probe(root: StrPath = "/") -> Detected:
 
 
 def detect(root: StrPath = "/") -> SourceSpec:
-    """The source that ``--source auto`` resolves to."""
+    """The first source of :func:`probe_all`: the best single device, or the kernel."""
     return probe(root).spec
+
+
+def probe_all(root: StrPath = "/") -> list[Detected]:
+    """
+    Every hardware source under ``root`` that the rules of the module
+    docstring accept (every readable Quantis, ``/dev/hwrng`` with a driver,
+    every readable ChaosKey, in that order), then the kernel CSPRNG.
+    """
+    dev = os.path.join(root, "dev")
+    found = [Detected(SourceSpec("quantis", p)) for p in _readable(os.path.join(dev, "qrandom*"))]
+    hwrng = os.path.join(dev, "hwrng")
+    driver = hwrng_driver(root)
+    if driver is not None and os.access(hwrng, os.R_OK):
+        found.append(Detected(SourceSpec("hwrng", hwrng), driver))
+    found += [Detected(SourceSpec("chaoskey", p)) for p in _readable(os.path.join(dev, "chaoskey*"))]
+    return [*found, Detected(SourceSpec("kernel"))]
+
+
+def detect_all(root: StrPath = "/") -> list[SourceSpec]:
+    """The sources that ``--source auto`` resolves to: every device found, and the kernel."""
+    return [d.spec for d in probe_all(root)]
 
 
 def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int:

@@ -18,12 +18,14 @@ tests.  These are deliberately honest rather than flattering:
 - ``chaoskey`` (/dev/chaoskeyN): 1.0, for the same reason (raw noise mode).
 - ``device`` (any other path): 1.0.
 
-Which device ``auto`` picks is :mod:`entropy_appliance.source.detection`.
+A ``--source`` value may claim its own: ``device:/dev/hwrng,min-entropy=0.5``.
+Which devices ``auto`` picks is :mod:`entropy_appliance.source.detection`.
 """
 
 from __future__ import annotations
 
 import errno
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ __all__ = [
     "KernelSource",
     "DeviceSource",
     "SourceSpec",
+    "SourceUnavailable",
     "parse_source",
     "open_source",
     "DEFAULT_MIN_ENTROPY",
@@ -140,17 +143,41 @@ class DeviceSource:
                 pass
 
 
+class SourceUnavailable(ValueError):
+    """A device that cannot be opened now (missing, not readable): it may come later."""
+
+    def __init__(self, message: str, spec: SourceSpec) -> None:
+        super().__init__(message)
+        self.spec = spec
+
+
 @dataclass(frozen=True)
 class SourceSpec:
-    """A parsed ``--source`` value: a kind and, for devices, a path."""
+    """
+    A parsed ``--source`` value: a kind, for devices a path, and the claimed
+    min-entropy if the value names one (None: ``--min-entropy``, else the
+    kind's default).
+    """
 
     kind: str
     path: str | None = None
+    min_entropy: float | None = None
 
     @property
     def name(self) -> str:
         """What the logs and status call this source."""
         return self.path or self.kind
+
+    def text(self) -> str:
+        """The ``--source`` value that names this source, its claim included."""
+        base = self.kind if self.path is None else f"device:{self.path}"
+        return base if self.min_entropy is None else f"{base},min-entropy={self.min_entropy!r}"
+
+    def claim(self, default: float | None = None) -> float:
+        """Its min-entropy: its own, else ``default`` (``--min-entropy``), else its kind's."""
+        if self.min_entropy is not None:
+            return self.min_entropy
+        return default if default is not None else DEFAULT_MIN_ENTROPY[self.kind]
 
 
 def _kind_of_path(path: str) -> str:
@@ -164,30 +191,63 @@ def _kind_of_path(path: str) -> str:
     return "device"
 
 
-def parse_source(spec: str) -> SourceSpec:
+def _claim(text: str, options: list[str]) -> float | None:
+    """The ``min-entropy=H`` option of a ``--source`` value, checked; None if absent."""
+    claim = None
+    for option in options:
+        key, eq, value = option.partition("=")
+        if key.strip() != "min-entropy" or not eq:
+            raise ValueError(f"{text!r}: unknown option {option!r}; the one option is min-entropy=H")
+        if claim is not None:
+            raise ValueError(f"{text!r}: min-entropy is given twice")
+        try:
+            claim = float(value)
+        except ValueError:
+            claim = math.nan
+        if not (math.isfinite(claim) and 0.0 < claim <= 8.0):
+            raise ValueError(f"{text!r}: min-entropy must be a number with 0 < H <= 8 bits per sample")
+    return claim
+
+
+def parse_source(spec: str, check: bool = True) -> SourceSpec:
     """
-    Parse ``auto``, ``kernel`` or ``device:PATH``; raise ValueError with a
-    sentence a person can act on.  ``auto`` is resolved by
-    :func:`entropy_appliance.source.detection.detect`.
+    Parse ``auto``, ``kernel`` or ``device:PATH``, each optionally followed
+    by ``,min-entropy=H`` (not ``auto``); raise ValueError with a sentence a
+    person can act on.  ``auto`` is resolved by
+    :func:`entropy_appliance.source.detection.detect_all`.
+
+    With ``check``, a device path is looked at: something that is not a
+    character device, FIFO or file is a ValueError, and a path that does not
+    exist or cannot be read a :class:`SourceUnavailable` (which carries the
+    spec, for a caller that would rather retry it later).
     """
-    if spec in ("auto", "kernel"):
-        return SourceSpec(spec)
-    if spec.startswith("device:"):
-        path = spec[len("device:"):]
+    text, *options = spec.split(",")
+    claim = _claim(spec, options)
+    if text in ("auto", "kernel"):
+        if text == "auto" and claim is not None:
+            raise ValueError("auto takes no min-entropy: each source it finds has its kind's, "
+                             "or --min-entropy")
+        return SourceSpec(text, None, claim)
+    if text.startswith("device:"):
+        path = text[len("device:"):]
         if not path:
             raise ValueError("device: needs a path, e.g. device:/dev/hwrng")
+        found = SourceSpec(_kind_of_path(path), path, claim)
+        if not check:
+            return found
         try:
             mode = os.stat(path).st_mode
         except OSError as e:
-            raise ValueError(f"cannot use {path}: {e.strerror}") from None
+            raise SourceUnavailable(f"cannot use {path}: {e.strerror}", found) from None
         if not (stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) or stat.S_ISREG(mode)):
             raise ValueError(f"{path} is not a character device, FIFO or file")
         if not os.access(path, os.R_OK):
-            raise ValueError(f"{path} is not readable by this user")
-        return SourceSpec(_kind_of_path(path), path)
+            raise SourceUnavailable(f"{path} is not readable by this user", found)
+        return found
     raise ValueError(
         f"unknown source {spec!r}: use auto, kernel or device:PATH "
-        "(e.g. device:/dev/qrandom0, device:/dev/hwrng)"
+        "(e.g. device:/dev/qrandom0, device:/dev/hwrng), optionally followed by "
+        ",min-entropy=H"
     )
 
 

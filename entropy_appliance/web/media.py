@@ -538,7 +538,8 @@ class MediaWeb:
     @openapi.operation(
         "getRawHeatmap", "RAW SOURCE DATA: a heatmap of the entropy source's raw samples.",
         description=(
-            "Diagnostic only, not random output: raw samples of the entropy source, taken "
+            "Diagnostic only, not random output: raw samples of one entropy source (source=NAME; "
+            "default the first), taken "
             "BEFORE the CTR_DRBG (and never used as seed afterwards), drawn as a grid of "
             f"at most {rendering.HEATMAP_MAX_SAMPLES} cells, each coloured by the bit "
             "population count (0..8) of one sample: dark for 0, orange for 4 (a fair "
@@ -547,7 +548,7 @@ class MediaWeb:
             "source fails its health tests the samples come from the quarantine of "
             "rejected ones. Samples are only taken when the seed pool holds more than the "
             "next reseed needs; otherwise the answer is 503 at once."),
-        parameters=[params.WIDTH, params.HEIGHT],
+        parameters=[params.WIDTH, params.HEIGHT, params.SOURCE],
         ok=openapi.ok("The heatmap PNG of raw source samples.", _PNG, {
             **openapi.NO_STORE,
             "X-RNG-Source": openapi.RNG_HEADERS["X-RNG-Source"],
@@ -555,8 +556,8 @@ class MediaWeb:
             "X-Raw-Samples": {"description": "How many raw samples are drawn.",
                               "schema": {"type": "string", "pattern": "^[0-9]+$"}},
         }),
-        problems={400: "width or height not an integer or below 1.", 413: _TOO_BIG,
-                  429: _TOO_MANY,
+        problems={400: "width or height not an integer or below 1.", 404: "No source of that name.",
+                  413: _TOO_BIG, 429: _TOO_MANY,
                   503: "The seed pool cannot spare raw samples now without starving a "
                        "reseed, or the appliance is making as many images and sounds as it "
                        "can; retry after Retry-After seconds."})
@@ -565,9 +566,14 @@ class MediaWeb:
         pool = self.host.pool
         width = params.WIDTH.parse(request)
         height = params.HEIGHT.parse(request)
+        name = params.SOURCE.parse(request)
+        feed = pool.feeds[0] if name is None else pool.feed(name)
+        if feed is None:
+            known = ", ".join(f.name for f in pool.feeds)
+            raise NotFound(f"no source {str(name)[:200]!r}; the sources are: {known}")
         cols, rows = rendering.heatmap_grid(width, height)
-        request.setHeader(b"X-RNG-Source", pool.source_name.encode())
-        request.setHeader(b"X-RNG-Source-Kind", pool.source_kind.encode())
+        request.setHeader(b"X-RNG-Source", feed.name.encode())
+        request.setHeader(b"X-RNG-Source-Kind", feed.kind.encode())
         request.setHeader(b"X-Raw-Samples", b"%d" % (cols * rows))
         if request.method == b"HEAD":
             request.setHeader(b"Content-Type", b"image/png")
@@ -576,7 +582,7 @@ class MediaWeb:
 
         def draw() -> Callable[[], list[bytes]]:
             try:
-                raw = pool.take_raw(cols * rows)
+                raw = pool.take_raw(cols * rows, feed.name)
             except PoolShort as e:
                 raise ServiceUnavailable(f"{e}; try again in a moment", 1.0) from None
             return lambda: rendering.heatmap_png(raw, width, height)

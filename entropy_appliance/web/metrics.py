@@ -5,8 +5,10 @@ Two kinds of figures:
 
 - :class:`PoolCollector` reads the typed ``pool.status()`` at scrape time, so
   the pool keeps its plain counters and nothing is duplicated: pool fill, reseeds,
-  reseed age, bytes generated and served by surface, health failures by
-  test, source state, fail-closed refusals.  Every ``status_extras`` hook
+  reseed age, bytes generated and served by surface, fail-closed refusals;
+  and per source (label ``source``): bytes read, read errors, claimed
+  min-entropy, buffered samples, share of the last seed, health failures by
+  test, state.  Every ``status_extras`` hook
   whose value is a mapping with a string ``"state"`` is exported as
   ``entropy_<name>_state{state="..."} 1`` (e.g. the onion service), and
   every one with a mapping ``"connections"`` of counts as the counter
@@ -31,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from entropy_appliance.core.pool import SeedPool
 from entropy_appliance.core.states import HealthTest, PoolState, SourceState
-from entropy_appliance.core.status import PoolStatus
+from entropy_appliance.core.status import PoolStatus, SourceStatus
 
 __all__ = ["PoolCollector", "WebMetrics", "CONTENT_TYPE"]
 
@@ -92,10 +94,22 @@ _SCALARS: tuple[tuple[_Family, str, str, Callable[[PoolStatus], float]], ...] = 
      lambda s: s.drbg.bytes_generated),
     (CounterMetricFamily, "entropy_fail_closed_refusals",
      "Requests for random bytes refused while failing closed.", lambda s: s.fail_closed_refusals),
-    (CounterMetricFamily, "entropy_source_read_bytes", "Raw bytes read from the source.",
-     lambda s: s.source.bytes_read),
-    (CounterMetricFamily, "entropy_source_errors", "Failed reads of the source.",
-     lambda s: s.source.errors),
+)
+
+_SourceFigure = Callable[[SourceStatus], float]
+
+#: The figures of each source, labelled ``source``: kind, name, help, value.
+_PER_SOURCE: tuple[tuple[_Family, str, str, _SourceFigure], ...] = (
+    (CounterMetricFamily, "entropy_source_read_bytes", "Raw bytes read from each source.",
+     lambda s: s.bytes_read),
+    (CounterMetricFamily, "entropy_source_errors", "Failed reads of each source.",
+     lambda s: s.errors),
+    (GaugeMetricFamily, "entropy_source_min_entropy",
+     "Claimed min-entropy of each source, bits per 8-bit sample.", lambda s: s.min_entropy),
+    (GaugeMetricFamily, "entropy_source_buffered_bytes",
+     "Approved samples of each source buffered for the next seeds.", lambda s: s.buffered_bytes),
+    (GaugeMetricFamily, "entropy_source_seed_share",
+     "Each source's share of the credited entropy of the last seed, 0..1.", lambda s: s.share),
 )
 
 
@@ -120,14 +134,26 @@ class PoolCollector(Collector):
         for surface, n in sorted(s.served.items()):
             served.add_metric([surface], n)
         yield served
+        sources = s.sources or (s.source,)
+        for family, name, documentation, figure in _PER_SOURCE:
+            metric = family(name, documentation, labels=["source"])
+            for one in sources:
+                metric.add_metric([one.name], figure(one))
+            yield metric
         failures = CounterMetricFamily("entropy_health_failures",
-                                       "SP 800-90B health test failures, by test.",
-                                       labels=["test"])
-        for test in sorted(HealthTest):
-            failures.add_metric([test.value], s.source.health_failures.get(test, 0))
+                                       "SP 800-90B health test failures, by source and test.",
+                                       labels=["source", "test"])
+        for one in sources:
+            for test in sorted(HealthTest):
+                failures.add_metric([one.name, test.value], one.health_failures.get(test, 0))
         yield failures
-        yield _one_hot("entropy_source_state", "1 for the source's current health state, else 0.",
-                       SourceState, s.source.state, source=s.source.name)
+        state = GaugeMetricFamily("entropy_source_state",
+                                  "1 for each source's current health state, else 0.",
+                                  labels=["source", "state"])
+        for one in sources:
+            for each in SourceState:
+                state.add_metric([one.name, each.value], 1 if each is one.state else 0)
+        yield state
         yield from self._extra_states()
 
     def _extra_states(self) -> Iterable[Any]:

@@ -34,6 +34,7 @@ __all__ = [
     "IntParam",
     "ChoiceParam",
     "NumberParam",
+    "TextParam",
     "query_arg",
     "parse_int",
     "parse_choice",
@@ -185,6 +186,22 @@ class NumberParam:
                            "default": self.default}, False)
 
 
+@dataclass(frozen=True)
+class TextParam:
+    """A free word, checked by the route (an unknown one is the route's own problem)."""
+
+    name: str
+    description: str
+
+    def parse(self, request: IRequest) -> str | None:
+        """The value in ``request``, or None when absent."""
+        return query_arg(request, self.name)
+
+    def spec(self) -> dict[str, Any]:
+        """The OpenAPI parameter."""
+        return _parameter(self.name, self.description, {"type": "string"}, False)
+
+
 # -- /v1/random -------------------------------------------------------------------
 
 #: The instance's ``--max-bytes`` is the maximum; above it is 413 (see the route).
@@ -207,6 +224,9 @@ WIDTH, HEIGHT = (
     IntParam(side, f"Image {side} in pixels (1 to {rendering.MAX_SIZE}; above the limit is 413).",
              1, default=rendering.DEFAULT_SIZE, limit=rendering.MAX_SIZE, unit=" pixels")
     for side in ("width", "height"))
+SOURCE = TextParam("source", "The name of one entropy source, as /v1/status lists it under "
+                   "sources (a device path, or kernel); default: the first source. An unknown "
+                   "name is 404.")
 MODE = ChoiceParam("mode", "rgb (default), gray or bits.", rendering.MODES, "rgb")
 SECONDS = NumberParam("seconds", f"Length in seconds, 0 < S <= {rendering.MAX_SECONDS:g} "
                       "(above the limit is 413).", rendering.DEFAULT_SECONDS, rendering.MAX_SECONDS)

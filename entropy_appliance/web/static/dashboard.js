@@ -174,6 +174,20 @@
       ["td", count(failures[k]), "failures_" + k],
     ]), "no tests reported", 2);
 
+    // One row per source: its state, claim, bytes read, failures and share of the last seed.
+    const sources = doc.sources || [];
+    replaceRows(document.getElementById("sources"), sources.map((one, i) => {
+      const f = one.health_failures || {};
+      return [
+        ["td", one.name + " (" + one.kind + ")"],
+        ["td", one.state + (one.error ? " (" + one.error + ")" : ""), "source_state_" + i],
+        ["td", String(one.min_entropy), "source_h_" + i],
+        ["td", bytes(one.bytes_read), "source_read_" + i],
+        ["td", count(f.rct || 0) + "/" + count(f.apt || 0), "source_failures_" + i],
+        ["td", ((one.share || 0) * 100).toFixed(0) + "%", "source_share_" + i],
+      ];
+    }), "no sources reported", 6);
+
     const listeners = doc.listeners || [];
     const ul = document.querySelector('[data-metric="listeners"]');
     const key = listeners.join("\n");
