@@ -1,20 +1,29 @@
 """
 End to end: two appliances behind Debian's real ``haproxy``, on loopback,
-with the shipped ``contrib/haproxy/haproxy.cfg``.
+with the shipped ``contrib/haproxy/haproxy.cfg`` (HTTP, HTTPS, the raw
+stream and EGD).
 
 The test's configuration is derived from the shipped file by
 :func:`derive_config`: the addresses and ports are rewritten to loopback,
-the third node is dropped, the check interval is shortened and the lines
-that need a system installation (chroot, user, syslog, the admin socket,
-daemon mode) are removed; nothing else changes.  Each appliance reads its
+the EGD frontend admits loopback clients, the third node is dropped, the
+check interval is shortened and the lines that need a system installation
+(chroot, user, syslog, the admin socket, daemon mode) are removed; nothing
+else changes.  Each appliance reads its
 own FIFO, fed by ``tests/fifo_writer.py``, and listens with ``haproxy:``
 endpoints that trust 127.0.0.1 (where HAProxy connects from); clients
 connect from other loopback addresses (127.0.0.2 and up), so each is a
 peer of its own.  Each appliance also has a plain HTTP listener that the
 test reads its ``/v1/status`` and ``/health`` from.
 
+EGD clients are told apart by node through the PID that a 0x04 request
+returns, and HAProxy's stats CSV tells which node holds an open raw stream.
+
 haproxy runs in the foreground (``-db``) as a subprocess of the test and
 is stopped by its PID.  Every wait is a polling loop with a deadline.
+
+The last test needs no HAProxy: ``--workers 2`` with ``haproxy:``
+listeners, and a test client that writes the PROXY v2 header itself from
+the trusted address.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -40,7 +50,6 @@ import pytest
 from entropy_appliance.net import tls
 from tests.test_e2e_starvation import (
     RECOVERY_BOUND,
-    SEED_WAIT,
     STREAM_END_BOUND,
     Writer,
     poll,
@@ -48,8 +57,8 @@ from tests.test_e2e_starvation import (
 )
 from tests.twistd_helpers import REPO_ROOT, Appliance, free_port, start_appliance
 
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy")]
+pytestmark = pytest.mark.e2e
+needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy")
 
 SHIPPED = REPO_ROOT / "contrib" / "haproxy" / "haproxy.cfg"
 
@@ -59,6 +68,8 @@ INTER = 0.5
 PEER_RATE = 5
 #: --peer-streams of the appliances.
 PEER_STREAMS = 2
+#: --seed-wait of the appliances: /health turns 503 after starving this long.
+SEED_WAIT = 2
 #: Slack for HAProxy's own reaction, on a busy machine.
 SLACK = 10.0
 
@@ -319,7 +330,8 @@ def pool(tmp_path: Path) -> Iterator[Pool]:
             apps.append(start_appliance(
                 home, "--source", f"device:{fifo}", "--reseed-bytes", "65536", "--reseed-interval", "1",
                 "--trusted-proxy", "127.0.0.1", "--peer-rate", str(PEER_RATE),
-                "--peer-streams", str(PEER_STREAMS), "--tls-key", str(key), "--tls-cert", str(cert),
+                "--peer-streams", str(PEER_STREAMS), "--seed-wait", str(SEED_WAIT),
+                "--tls-key", str(key), "--tls-cert", str(cert),
                 ports={"http": "--http=haproxy:tcp:{port}:interface=127.0.0.1",
                        "https": "--https=haproxy:ssl:{port}:interface=127.0.0.1",
                        "stream": "--stream=haproxy:tcp:{port}:interface=127.0.0.1",
@@ -361,6 +373,7 @@ def grew(before: dict[str, int], after: dict[str, int], surface: str) -> int:
 # -- the tests -----------------------------------------------------------------------
 
 
+@needs_haproxy
 def test_the_shipped_configuration_is_valid() -> None:
     result = subprocess.run(["haproxy", "-c", "-f", str(SHIPPED)], capture_output=True, text=True,
                             timeout=30)
@@ -369,6 +382,7 @@ def test_the_shipped_configuration_is_valid() -> None:
     assert "WARNING" not in result.stdout + result.stderr, result.stdout + result.stderr
 
 
+@needs_haproxy
 def test_spread_failover_recovery_and_real_client_budgets(pool: Pool) -> None:
     node1, node2 = pool.nodes
     context = ssl.create_default_context(cafile=str(pool.cafile))
@@ -534,3 +548,83 @@ def test_spread_failover_recovery_and_real_client_budgets(pool: Pool) -> None:
         close_all(streams)
     assert pool.haproxy.poll() is None
 
+
+
+# -- workers ------------------------------------------------------------------------
+
+
+def proxy_v2(client: str, port: int = 40000, dest: str = "127.0.0.1", dport: int = 80) -> bytes:
+    """A PROXY v2 header, as HAProxy's send-proxy-v2 writes it, for ``client`` over TCP/IPv4."""
+    body = socket.inet_aton(client) + socket.inet_aton(dest) + struct.pack("!HH", port, dport)
+    return b"\r\n\r\n\x00\r\nQUIT\n\x21\x11" + struct.pack("!H", len(body)) + body
+
+
+def proxied_get(port: int, client: str, path: str, source: str = "127.0.0.1") -> Reply:
+    """One request from ``source``, on a new connection that first names ``client`` in a PROXY header."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0))
+    s.sendall(proxy_v2(client))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    conn.sock = s  # already connected, header sent
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
+    finally:
+        conn.close()
+
+
+def test_workers_read_the_proxy_header(tmp_path: Path) -> None:
+    """
+    ``--workers 2`` with ``haproxy:`` listeners: a worker (not the parent)
+    answers a connection that begins with a PROXY v2 header from the trusted
+    address, and keys ``--peer-rate`` on the client the header names, so that
+    one client's 429 leaves another its budget; EGD is answered the same way.
+    """
+    app = start_appliance(tmp_path, "--source", "kernel", "--workers", "2", "--https", "none",
+                          "--stream", "none", "--trusted-proxy", "127.0.0.1", "--peer-rate", "1",
+                          ports={"http": "--http=haproxy:tcp:{port}:interface=127.0.0.1",
+                                 "egd": "--egd=haproxy:tcp:{port}:interface=127.0.0.1"})
+    port = app.ports["http"]
+    try:
+        poll("the workers serve",
+             lambda: proxied_get(port, "198.51.100.1", "/v1/random?bytes=8").status == 200, 60)
+        doc = json.loads(proxied_get(port, "198.51.100.2", "/v1/status").body)
+        assert doc["worker"]["pid"] != app.pid and doc["proxy"]["trusted"] == ["127.0.0.1/32"]
+        assert doc["proxy"]["connections"]["proxied"] >= 1, doc["proxy"]
+        # --peer-rate 1: a burst of 2 per client in each worker; then 429, for that client only.
+        greedy, polite = "203.0.113.5", "203.0.113.6"
+        statuses: list[int] = []
+        while statuses[-2:] != [429, 429]:
+            assert len(statuses) < 100, statuses
+            statuses.append(proxied_get(port, greedy, "/v1/random?bytes=8").status)
+        assert set(statuses) == {200, 429}, statuses
+        r = proxied_get(port, greedy, "/v1/random?bytes=8")
+        assert r.status == 429 and r.headers["content-type"] == "application/problem+json"
+        r = proxied_get(port, polite, "/v1/random?bytes=8")
+        assert r.status == 200 and len(r.body) == 8
+        # The same header from an address outside --trusted-proxy is closed unread.
+        with socket.create_connection(("127.0.0.1", port), timeout=20, source_address=("127.0.0.2", 0)) as s:
+            s.sendall(proxy_v2(polite) + b"GET /v1/random?bytes=8 HTTP/1.0\r\n\r\n")
+            assert read_exactly(s, 1024) == b""
+        # EGD, through a PROXY header too: a worker answers (0x04: its PID), and serves bytes.
+        with socket.create_connection(("127.0.0.1", app.ports["egd"]), timeout=20) as s:
+            s.sendall(proxy_v2(polite) + b"\x04\x02\x20")
+            pid = int(read_exactly(s, read_exactly(s, 1)[0]))
+            assert len(read_exactly(s, 32)) == 32
+        assert pid != app.pid and pid in worker_pids(app.pid)
+        assert "closed a connection from 127.0.0.2: it is not a trusted proxy" in app.log()
+    finally:
+        app.stop()
+
+
+def worker_pids(parent: int) -> set[int]:
+    """The processes whose parent is ``parent``."""
+    out = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:
+            continue
+        if f"PPid:\t{parent}" in lines:
+            out.add(int(status.parent.name))
+    return out
