@@ -550,6 +550,8 @@ def test_spread_failover_recovery_and_real_client_budgets(pool: Pool) -> None:
         assert ends_within(on_node1, SEED_WAIT + STREAM_END_BOUND + FALL * INTER + SLACK), (
             f"the stream on node 1 is still open {time.monotonic() - start:.0f} s after it starved")
         assert pool.state_of("node1") == {"DOWN"} and node1.health() == 503
+        # Starved, not failed: the node itself keeps its streams open (they pause).
+        assert json.loads(node1.ask("/v1/status").body)["state"] == "starved"
         healthy = node2.served()
         assert read_stream(pool.front["stream"], "127.0.0.11", 100_000) == 100_000
         assert grew(healthy, node2.served(), "stream") >= 100_000
