@@ -293,6 +293,30 @@ def test_a_worker_reads_the_proxy_header_on_haproxy_sockets(inherited: str) -> N
     assert https.wrappedFactory.wrappedFactory is http
 
 
+def test_a_worker_reads_the_proxy_header_on_an_haproxy_egd_socket() -> None:
+    from entropy_appliance.net.egd import EgdFactory
+    from entropy_appliance.net.proxy import ProxyHeaderFactory
+
+    sock = socket.socket()
+    fd = os.dup(sock.fileno())
+    try:
+        c = config("--workers", "2", "--stream", "none", "--http", "none", "--https", "none",
+                   "--egd", "haproxy:tcp:18888:interface=127.0.0.1", "--trusted-proxy", "10.0.0.10",
+                   "--worker-fds", f"egd:{fd}:INET", "--worker-index", "0")
+        reactor = MemoryReactorClock()
+        for listener in makeService(c, reactor=reactor).phase("listeners"):
+            listener.startService()
+        ((_, _, egd),) = reactor.adoptedPorts
+        assert isinstance(egd, ProxyHeaderFactory) and egd.trusted.trusts(IPv4Address("TCP", "10.0.0.10", 1))
+        assert isinstance(egd.wrappedFactory.wrappedFactory, EgdFactory)  # inside the per-peer limits
+    finally:
+        sock.close()
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # adopted: the worker closed its copy
+
+
 def test_worker_zero_alone_publishes_the_onion_service(inherited: str, tmp_path: Path) -> None:
     onion = ["--onion", "--tor-control", "tcp:127.0.0.1:9051", "--onion-key", str(tmp_path / "onion.key")]
     first = makeService(worker_config(inherited, 0, *onion), reactor=MemoryReactorClock())

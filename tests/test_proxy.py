@@ -9,6 +9,7 @@ are configured and built.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import struct
 from typing import Any
@@ -23,6 +24,8 @@ from twisted.python.usage import UsageError
 
 from entropy_appliance.app.options import parse_config
 from entropy_appliance.core.peers import PeerPolicy
+from entropy_appliance.net.egd import EgdFactory
+from entropy_appliance.net.limits import PeerLimitedFactory
 from entropy_appliance.net.proxy import ProxyHeaderFactory, TrustedProxies, split_proxy
 from entropy_appliance.net.tls import TLSServerFactory
 from tests.test_limits import http_stack, parse, stream_stack
@@ -301,20 +304,77 @@ def test_every_surface_gets_the_proxy_layer_outermost(tmp_path: Any, monkeypatch
     monkeypatch.chdir(tmp_path)
     config = parse_config(["--source", "kernel", "--stream", "haproxy:tcp:9000", "--stream", "tcp:9001",
                            "--http", "haproxy:tcp:8080", "--https", "haproxy:ssl:8443:backlog=7",
+                           "--egd", "haproxy:tcp:8888", "--egd", "tcp:8889",
                            "--trusted-proxy", "127.0.0.1"])
     assert [(x.kind, x.proxied) for x in listeners(config)] == [
-        ("stream", True), ("stream", False), ("http", True), ("https", True)]
+        ("stream", True), ("stream", False), ("http", True), ("https", True), ("egd", True), ("egd", False)]
     reactor = MemoryReactorClock()
     for service in build_single(config, reactor):
         if isinstance(service, _Listener):
             service.privilegedStartService()
     ports = {port: factory for port, factory, _, _ in reactor.tcpServers}
-    assert sorted(ports) == [8080, 8443, 9000, 9001]
+    assert sorted(ports) == [8080, 8443, 8888, 8889, 9000, 9001]
     assert [p[2] for p in reactor.tcpServers if p[0] == 8443] == [7]
-    for port in (8080, 8443, 9000):
+    for port in (8080, 8443, 8888, 9000):
         assert isinstance(ports[port], ProxyHeaderFactory), port
-    assert not isinstance(ports[9001], ProxyHeaderFactory)
+    for port in (8889, 9001):
+        assert not isinstance(ports[port], ProxyHeaderFactory), port
     assert isinstance(ports[8443].wrappedFactory, TLSServerFactory)
+    # EGD: the header reader, then the per-peer limits, then the EGD server.
+    assert isinstance(ports[8888].wrappedFactory, PeerLimitedFactory)
+    assert isinstance(ports[8888].wrappedFactory.wrappedFactory, EgdFactory)
+    assert ports[8888].counts is ports[9000].counts  # one count of outcomes for /v1/status
     assert ports[9000].trusted.networks == (ipaddress.ip_network("127.0.0.1/32"),)
     assert [x.socket for x, _ in _listening_endpoints(config, reactor)][:2] == [
         "tcp:9000:backlog=1024", "tcp:9001:backlog=1024"]
+
+
+def test_egd_behind_the_proxy_keys_its_per_peer_limits_on_the_real_client(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    ``--egd haproxy:tcp:PORT`` as ``makeService`` builds it: a client named
+    by the balancer's header is answered, its third connection is refused
+    by ``--peer-streams 2`` (which counts raw streams and EGD connections
+    together), another client through the same balancer still is answered,
+    and a forged header from outside ``--trusted-proxy`` is closed unread
+    without spending anyone's budget.
+    """
+    from twisted.internet.testing import MemoryReactorClock
+
+    from entropy_appliance.app.build import _Listener, build_single
+
+    monkeypatch.chdir(tmp_path)
+    config = parse_config(["--source", "kernel", "--stream", "none", "--http", "none", "--https", "none",
+                           "--egd", "haproxy:tcp:8888:interface=127.0.0.1", "--peer-streams", "2",
+                           "--trusted-proxy", PROXY])
+    reactor = MemoryReactorClock()
+    for service in build_single(config, reactor):
+        if isinstance(service, _Listener):
+            service.privilegedStartService()
+    ((_, factory, _, _),) = reactor.tcpServers
+    pid = str(os.getpid()).encode()
+
+    def egd_as(header: bytes, host: str = PROXY) -> tuple[bytes, StringTransport] | None:
+        """Connect from ``host``, send ``header`` and a 0x04 (the server's PID): what came back."""
+        proto, transport = accept(factory, host)
+        if proto is None:
+            return None
+        proto.dataReceived(header + b"\x04")
+        return transport.value(), transport
+
+    with capturedLogs() as events:
+        held = [egd_as(v2("192.0.2.2")) for _ in range(2)]
+        assert [reply for reply, _ in held] == [bytes([len(pid)]) + pid] * 2  # type: ignore[misc]
+        third = egd_as(v2("192.0.2.2"))
+        assert third is not None
+        assert third[0] == b"" and (third[1].disconnecting or third[1].disconnected)
+        # The forger claims 192.0.2.3 from outside the trusted network: closed before a byte is read.
+        assert [egd_as(v1("192.0.2.3"), host="198.51.100.9") for _ in range(5)] == [None] * 5
+        # The real 192.0.2.3, through the balancer, has its whole budget.
+        other = [egd_as(v2("192.0.2.3")) for _ in range(2)]
+        assert [reply for reply, _ in other] == [bytes([len(pid)]) + pid] * 2  # type: ignore[misc]
+    logged = " ".join(formatEvent(e) for e in events)
+    # The log names the client, not the balancer.
+    assert "refused a connection from 192.0.2.2: it already has 2 open" in logged
+    assert f"refused a connection from {PROXY}" not in logged
+    assert factory.counts["proxied"] == 4 and factory.counts["untrusted"] == 5
