@@ -12,8 +12,12 @@ and the signing key of the compatible APIs
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["KeyFileError", "read_key_file", "create_key_file"]
+__all__ = ["KeyFileError", "read_key_file", "create_key_file", "load_or_create"]
+
+K = TypeVar("K")
 
 
 class KeyFileError(Exception):
@@ -62,3 +66,20 @@ def create_key_file(path: str, data: bytes, what: str) -> bool:
         except OSError:
             pass
     return True
+
+
+def load_or_create(path: str, what: str, load: Callable[[str], K],
+                   generate: Callable[[], tuple[K, bytes]]) -> tuple[K, bool]:
+    """
+    ``(key, created)``: the key at ``path`` read by ``load``, or, when no
+    file is there, a new one from ``generate`` (the key and the bytes of its
+    file) written with :func:`create_key_file`.  A file that appears
+    meanwhile (a concurrent first start) is read instead; an existing file
+    is never replaced, even a corrupt one (``load`` raises then).
+    """
+    if os.path.lexists(path):
+        return load(path), False
+    key, data = generate()
+    if not create_key_file(path, data, what):
+        return load(path), False
+    return key, True

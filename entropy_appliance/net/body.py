@@ -64,8 +64,8 @@ from zope.interface import implementer
 
 from entropy_appliance.core.pool import FailClosed, SeedPool, Starved
 
-__all__ = ["BodyWriter", "CHUNK_SIZE", "MIN_PIECE", "Encoding", "InFlightCount", "SendQueue",
-           "first_chunk", "send_queue"]
+__all__ = ["BodyWriter", "CHUNK_SIZE", "MIN_PIECE", "Encoding", "InFlightCount", "SendLimitOfTransport",
+           "SendQueue", "first_chunk", "send_queue"]
 
 #: Raw bytes generated and written per step, on every surface.  Each step
 #: costs a reactor turn, a send and a producer round trip, so larger chunks
@@ -445,3 +445,22 @@ class BodyWriter:
         self._waiting = False
         if withdraw is not None:
             withdraw()
+
+
+class SendLimitOfTransport:
+    """
+    For a protocol wrapper between a body writer and the real transport:
+    its ``SEND_LIMIT`` is the transport's, so that the writer, which raises
+    the limit for large pieces, raises the one that counts.
+    """
+
+    transport: Any
+
+    @property
+    def SEND_LIMIT(self) -> int:  # noqa: N802 - the transport's attribute
+        """The transport's per-write send limit (a stream may raise it)."""
+        return int(self.transport.SEND_LIMIT)
+
+    @SEND_LIMIT.setter
+    def SEND_LIMIT(self, value: int) -> None:  # noqa: N802
+        self.transport.SEND_LIMIT = value

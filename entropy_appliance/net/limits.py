@@ -75,6 +75,7 @@ from entropy_appliance.core.peers import (
     PeerRateLimiter,
     peer_key,
 )
+from entropy_appliance.net.body import SendLimitOfTransport
 
 __all__ = [
     "BandwidthThrottle",
@@ -256,7 +257,7 @@ class BandwidthThrottle:
             p.unthrottle()
 
 
-class PeerProtocol(ProtocolWrapper, TimeoutMixin):
+class PeerProtocol(SendLimitOfTransport, ProtocolWrapper, TimeoutMixin):
     """One connection under the per-peer limits; see the module docstring."""
 
     factory: PeerLimitedFactory
@@ -269,15 +270,6 @@ class PeerProtocol(ProtocolWrapper, TimeoutMixin):
         self._clock = factory.clock
         self._gate: _ProducerGate | None = None
         self._throttled = False
-
-    @property
-    def SEND_LIMIT(self) -> int:  # noqa: N802 - the transport's attribute
-        """The transport's per-write send limit (a stream may raise it)."""
-        return int(self.transport.SEND_LIMIT)
-
-    @SEND_LIMIT.setter
-    def SEND_LIMIT(self, value: int) -> None:  # noqa: N802
-        self.transport.SEND_LIMIT = value
 
     def callLater(self, period: float, func: Callable[[], object]) -> IDelayedCall:  # noqa: N802
         """TimeoutMixin's scheduler: the factory's clock."""

@@ -55,6 +55,8 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
+from entropy_appliance.net.body import SendLimitOfTransport
+
 __all__ = [
     "PREFIX",
     "PROXY_OUTCOMES",
@@ -187,7 +189,7 @@ def _header_length(buffer: bytes) -> int | None:
     return end + 2
 
 
-class ProxyHeaderProtocol(ProtocolWrapper):
+class ProxyHeaderProtocol(SendLimitOfTransport, ProtocolWrapper):
     """
     One connection from a trusted proxy: reads the PROXY header, then
     builds the wrapped factory's protocol for the client the header names
@@ -206,15 +208,6 @@ class ProxyHeaderProtocol(ProtocolWrapper):
         self._peer: IAddress | None = None
         self._host: IAddress | None = None
         self._deadline: IDelayedCall | None = None
-
-    @property
-    def SEND_LIMIT(self) -> int:  # noqa: N802 - the transport's attribute
-        """The transport's per-write send limit (a stream may raise it)."""
-        return int(self.transport.SEND_LIMIT)
-
-    @SEND_LIMIT.setter
-    def SEND_LIMIT(self, value: int) -> None:  # noqa: N802
-        self.transport.SEND_LIMIT = value
 
     def makeConnection(self, transport: Any) -> None:
         """Take the connection; the wrapped protocol waits for the header."""

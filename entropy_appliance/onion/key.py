@@ -16,7 +16,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from entropy_appliance.core.keyfile import KeyFileError, create_key_file, read_key_file
+from entropy_appliance.core.keyfile import KeyFileError, load_or_create, read_key_file
 
 __all__ = [
     "OnionKey",
@@ -205,13 +205,11 @@ def load_or_create_key(path: str) -> tuple[OnionKey, bool]:
     Returns ``(key, created)``.  An existing file is never replaced, even a
     corrupt one: losing it would lose the address.
     """
-    if os.path.lexists(path):
-        return load_key(path), False
-    key = OnionKey.generate()
+    def generate() -> tuple[OnionKey, bytes]:
+        key = OnionKey.generate()
+        return key, key.file_bytes()
+
     try:
-        created = create_key_file(path, key.file_bytes(), "onion key")
+        return load_or_create(path, "onion key", load_key, generate)
     except KeyFileError as e:
         raise OnionKeyError(str(e)) from None
-    if not created:
-        return load_key(path), False
-    return key, True

@@ -22,14 +22,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from entropy_appliance.core.keyfile import KeyFileError, create_key_file, read_key_file
+from entropy_appliance.core.keyfile import KeyFileError, load_or_create, read_key_file
 
 __all__ = ["SigningKey", "SigningKeyError", "KEY_BITS", "canonical", "load_signing_key",
            "load_or_create_signing_key"]
@@ -107,13 +106,11 @@ def load_signing_key(path: str) -> SigningKey:
 
 def load_or_create_signing_key(path: str) -> tuple[SigningKey, bool]:
     """The key at ``path``, created (mode 0600) if missing; ``(key, created)``. Never replaces a file."""
-    if os.path.lexists(path):
-        return load_signing_key(path), False
-    key = SigningKey.generate()
+    def generate() -> tuple[SigningKey, bytes]:
+        key = SigningKey.generate()
+        return key, key.pem()
+
     try:
-        created = create_key_file(path, key.pem(), "signing key")
+        return load_or_create(path, "signing key", load_signing_key, generate)
     except KeyFileError as e:
         raise SigningKeyError(str(e)) from None
-    if not created:
-        return load_signing_key(path), False
-    return key, True
