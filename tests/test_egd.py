@@ -13,10 +13,12 @@ import pytest
 from twisted.internet import tcp
 from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
@@ -612,6 +614,19 @@ def socket_connection(factory: Any, sndbuf: int = 0) -> tuple[Any, tcp.Server, s
     return proto, fd, client, reactor
 
 
+def proxy_wrapped(factory: Any) -> Any:
+    """``factory`` as Twisted's ``haproxy:`` endpoint wraps it (a PROXY header's wrapper)."""
+
+    class Listen:
+        def listen(self, wrapped: Any) -> Any:
+            self.factory = wrapped
+            return succeed(None)
+
+    endpoint = Listen()
+    proxyEndpoint(endpoint).listen(factory)  # type: ignore[arg-type]
+    return endpoint.factory
+
+
 def receive_exactly(client: socket.socket, n: int) -> bytes:
     data = bytearray()
     while len(data) < n:
@@ -629,12 +644,24 @@ def test_twisted_still_has_what_send_now_relies_on() -> None:
     assert SendNow.find(fd) is not None
 
 
-def test_replies_leave_while_the_requests_are_read() -> None:
-    """No second reactor iteration: the reply is on the wire before the reactor could run again."""
+@pytest.mark.parametrize("proxy", [False, True])
+def test_replies_leave_while_the_requests_are_read(proxy: bool) -> None:
+    """
+    No second reactor iteration: the reply is on the wire before the reactor
+    could run again, behind the per-peer guard, and behind a PROXY header's
+    wrapper too.
+    """
     guard = PeerGuard(PeerPolicy(idle_timeout=30, bandwidth=0), Clock())
     pool = seeded_pool()
-    proto, fd, client, reactor = socket_connection(guard.wrap_stream(EgdFactory(pool, pid=PID)))
+    factory: Any = guard.wrap_stream(EgdFactory(pool, pid=PID))
+    if proxy:
+        factory = proxy_wrapped(factory)
+    proto, fd, client, reactor = socket_connection(factory)
     with client:
+        if proxy:
+            proto.dataReceived(b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 8888\r\n")
+            assert proto.getPeer().host == "192.0.2.7"
+            proto = proto.wrappedProtocol
         egd = proto.wrappedProtocol
         assert isinstance(egd._send_now, SendNow) and egd._send_now.fd is fd
         for _ in range(3):
