@@ -20,10 +20,11 @@ Each connection answers its requests in order as the pool allows:
 
 Replies leave at once: Twisted's transports only buffer what is written
 and send it on the reactor's next writable event, which costs an EGD round
-trip a second reactor iteration (and two ``epoll_ctl`` calls) after the one
-that read the requests.  :class:`SendNow` sends what the write buffered
-while still in that first iteration, whenever nothing was left unsent
-before it; it is the one place that reaches into Twisted's
+trip a second reactor iteration after the one that read the requests.
+:class:`SendNow` sends what the write buffered while still in that first
+iteration, whenever nothing was left unsent before it (the transport still
+registers for writing and unregisters once all is sent: two ``epoll_ctl``
+calls, about 1 us); it is the one place that reaches into Twisted's
 ``FileDescriptor``.
 
 The per-peer limits (``--peer-streams``, ``--peer-bandwidth``,
