@@ -13,7 +13,12 @@ EGD throughput against the raw stream, measured in the same run.
 The two alternate ``--rounds`` times (3 by default), so that a change of
 load on a shared machine hits both; it prints the median MB/s (10^6 bytes
 per second) of each, EGD's requests per second, and the ratio (the target
-is 0.5 or more).
+is 0.5 or more).  It also prints where an EGD round trip's time goes: the
+CPU time the appliance's process and this client spend per 64 replies
+(one window), against the wall time per window.  The client keeps its 64
+requests in flight, but the server answers all it has in one send, so the
+two take turns: a round trip costs the server's time plus the client's
+plus the wake-ups between them.
 
 ``--qemu MIB`` adds a second figure: a guest (see ``tests/qemu_guest.py``;
 Debian's kernel is downloaded once into the test cache) reads MIB MiB from
@@ -47,6 +52,29 @@ REPO = Path(__file__).resolve().parent.parent
 REQUEST = 255
 #: Requests in flight.
 IN_FLIGHT = 64
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user and system, all threads) that process ``pid`` has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cpu:
+    """The CPU time the appliance (``pid``) and this process spend, per wall second, while it runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> Cpu:
+        self._server, self._client = cpu_seconds(self.pid), time.process_time()
+        self._wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._wall
+        self.server = (cpu_seconds(self.pid) - self._server) / wall
+        self.client = (time.process_time() - self._client) / wall
 
 
 def stream_rate(port: int, seconds: float) -> float:
@@ -145,18 +173,22 @@ def main() -> None:
         proc, ports = start_appliance(workdir)
         try:
             stream_rate(ports["stream"], 1.0)  # the pool seeds and warms up
-            streams, egds, requests = [], [], []
+            streams, egds, requests, loads = [], [], [], []
             for _ in range(args_rounds(ns)):
-                streams.append(stream_rate(ports["stream"], ns.seconds))
-                mb, rps = egd_rate(ports["egd"], ns.seconds)
+                with Cpu(proc.pid) as stream_cpu:
+                    streams.append(stream_rate(ports["stream"], ns.seconds))
+                with Cpu(proc.pid) as egd_cpu:
+                    mb, rps = egd_rate(ports["egd"], ns.seconds)
                 egds.append(mb)
                 requests.append(rps)
+                loads.append((stream_cpu, egd_cpu, rps))
             s, e, r = statistics.median(streams), statistics.median(egds), statistics.median(requests)
             print(f"raw stream (1 reader):                       {s:8.1f} MB/s   rounds {fmt(streams)}")
             print(f"EGD 0x02 x {REQUEST} B, {IN_FLIGHT} in flight:             {e:8.1f} MB/s   "
                   f"rounds {fmt(egds)}")
             print(f"EGD requests per second:                     {r:8.0f}")
             print(f"ratio EGD/raw stream:                        {e / s:8.2f}   (target >= 0.5)")
+            print_costs(loads)
             if ns.qemu:
                 qemu_figures(ports["egd"], ns.qemu, workdir)
         finally:
@@ -166,6 +198,20 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def print_costs(loads: list[tuple[Cpu, Cpu, float]]) -> None:
+    """Where a window of EGD replies goes: wall time, the appliance's CPU and the client's."""
+    med = statistics.median
+    per_window = [IN_FLIGHT / rps for _, _, rps in loads]  # wall seconds per window
+    server = med(e.server * w for (_, e, _), w in zip(loads, per_window, strict=True))
+    client = med(e.client * w for (_, e, _), w in zip(loads, per_window, strict=True))
+    print(f"EGD per window of {IN_FLIGHT} replies:               {med(per_window) * 1e6:8.1f} us wall, "
+          f"{server * 1e6:.1f} us appliance CPU, {client * 1e6:.1f} us client CPU")
+    print(f"CPU busy, raw stream: appliance {med(s.server for s, _, _ in loads):.0%}, "
+          f"client {med(s.client for s, _, _ in loads):.0%}; "
+          f"EGD: appliance {med(e.server for _, e, _ in loads):.0%}, "
+          f"client {med(e.client for _, e, _ in loads):.0%}")
 
 
 def args_rounds(ns: argparse.Namespace) -> int:

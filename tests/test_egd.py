@@ -10,11 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet import tcp
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
@@ -31,7 +35,7 @@ from entropy_appliance.core.egd import (
 from entropy_appliance.core.peers import PeerPolicy
 from entropy_appliance.core.pool import FailClosed, ReseedPolicy, Starved
 from entropy_appliance.core.states import PoolState
-from entropy_appliance.net.egd import EgdFactory, EgdProtocol
+from entropy_appliance.net.egd import TWISTED_INTERNALS, EgdFactory, EgdProtocol, SendNow
 from entropy_appliance.net.limits import PeerGuard, PeerLimitedFactory
 from tests.test_build import ThreadCalls, spawner
 from tests.test_pool import seed_fully, slow_pipeline, stuck
@@ -580,3 +584,123 @@ def test_a_client_that_does_not_read_its_replies_is_idle() -> None:
     assert transport.value() == b""
     clock.advance(31)
     assert transport.disconnecting
+
+
+# -- replies leave at once, over a real socket ---------------------------------------------------
+
+
+def socket_connection(factory: Any, sndbuf: int = 0) -> tuple[Any, tcp.Server, socket.socket, MemoryReactor]:
+    """
+    ``factory``'s protocol on a real loopback TCP connection, its transport
+    Twisted's own (``tcp.Server``) on a reactor that never runs: whatever
+    the client receives was sent while the requests were being read.
+    """
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        client = socket.socket()
+        if sndbuf:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, sndbuf)
+        client.connect(listener.getsockname())
+        server_sock, addr = listener.accept()
+    if sndbuf:
+        server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+    client.settimeout(10)
+    reactor = MemoryReactor()
+    proto = factory.buildProtocol(IPv4Address("TCP", *addr))
+    fd = tcp.Server(server_sock, proto, addr, None, 1, reactor)  # type: ignore[arg-type]
+    proto.makeConnection(fd)
+    fd.startReading()
+    return proto, fd, client, reactor
+
+
+def proxy_wrapped(factory: Any) -> Any:
+    """``factory`` as Twisted's ``haproxy:`` endpoint wraps it (a PROXY header's wrapper)."""
+
+    class Listen:
+        def listen(self, wrapped: Any) -> Any:
+            self.factory = wrapped
+            return succeed(None)
+
+    endpoint = Listen()
+    proxyEndpoint(endpoint).listen(factory)  # type: ignore[arg-type]
+    return endpoint.factory
+
+
+def receive_exactly(client: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = client.recv(n - len(data))
+        assert chunk, f"closed after {len(data)} of {n} bytes"
+        data += chunk
+    return bytes(data)
+
+
+def test_twisted_still_has_what_send_now_relies_on() -> None:
+    """Twisted is pinned; this fails first if a release renames what SendNow reaches into."""
+    fd = FileDescriptor(MemoryReactor())  # type: ignore[arg-type]
+    assert [name for name in TWISTED_INTERNALS if not hasattr(fd, name)] == []
+    assert fd.dataBuffer == b"" and fd._tempDataBuffer == []
+    assert SendNow.find(fd) is not None
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+def test_replies_leave_while_the_requests_are_read(proxy: bool) -> None:
+    """
+    No second reactor iteration: the reply is on the wire before the reactor
+    could run again, behind the per-peer guard, and behind a PROXY header's
+    wrapper too.
+    """
+    guard = PeerGuard(PeerPolicy(idle_timeout=30, bandwidth=0), Clock())
+    pool = seeded_pool()
+    factory: Any = guard.wrap_stream(EgdFactory(pool, pid=PID))
+    if proxy:
+        factory = proxy_wrapped(factory)
+    proto, fd, client, reactor = socket_connection(factory)
+    with client:
+        if proxy:
+            proto.dataReceived(b"PROXY TCP4 192.0.2.7 127.0.0.1 4000 8888\r\n")
+            assert proto.getPeer().host == "192.0.2.7"
+            proto = proto.wrappedProtocol
+        egd = proto.wrappedProtocol
+        assert isinstance(egd._send_now, SendNow) and egd._send_now.fd is fd
+        for _ in range(3):
+            proto.dataReceived(b"\x02\xff" * 64 + b"\x04")
+            reply = receive_exactly(client, 64 * 255 + 1 + len(str(PID)))
+            assert reply.endswith(bytes((len(str(PID)),)) + str(PID).encode())
+            assert fd not in reactor.getWriters()  # nothing left for the reactor to send
+        assert pool.status().served["egd"] == 3 * 64 * 255
+
+
+def test_a_client_that_does_not_read_is_held_back_over_a_real_socket() -> None:
+    """
+    The socket fills: what it does not take stays buffered (bounded), the
+    connection stops answering and reading, and once the client reads,
+    every reply arrives, none lost or doubled.
+    """
+    guard = PeerGuard(PeerPolicy(idle_timeout=0, bandwidth=0), Clock())
+    proto, fd, client, reactor = socket_connection(
+        guard.wrap_stream(EgdFactory(seeded_pool(), backlog=64, pid=PID)), sndbuf=4096)
+    with client:
+        egd = proto.wrappedProtocol
+        sent = 0
+        for _ in range(40):
+            proto.dataReceived(b"\x02\xff" * 100)
+            sent += 100
+        buffered = len(fd.dataBuffer) - fd.offset + fd._tempDataLen
+        assert 0 < buffered <= fd.bufferSize + 64 * 1024
+        assert fd in reactor.getWriters()  # the reactor sends the rest when the socket has room
+        assert fd.producerPaused and egd.session.pending > 0  # it stopped answering
+        assert egd.reading_paused and fd not in reactor.getReaders()  # and stopped reading
+        assert egd.session.pending <= 64
+        client.setblocking(False)
+        received = 0
+        for _ in range(100_000):
+            if received == sent * 255:
+                break
+            try:
+                received += len(client.recv(1 << 16))
+            except BlockingIOError:
+                fd.doWrite()  # what the reactor does when the socket has room
+        assert received == sent * 255
+        assert not egd.reading_paused and egd.session.pending == 0

@@ -55,7 +55,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from entropy_appliance.core.pool import FailClosed, ReseedPolicy, Starved
 
@@ -155,8 +155,9 @@ class EgdParser:
         if command == EgdCommand.READ_BLOCKING or command == EgdCommand.READ:
             if left < 2:
                 return None
+            n = buf[pos + 1]
             self._advance(2)
-            return EgdRequest(EgdCommand(command), buf[pos + 1])
+            return EgdRequest(EgdCommand(command), n)
         if command == EgdCommand.ENTROPY:
             self._advance(1)
             return _ENTROPY
@@ -204,7 +205,11 @@ class EgdParser:
 
     def _advance(self, n: int) -> None:
         self._pos += n
-        if self._pos >= 4096 and self._pos * 2 >= len(self._buf):
+        if self._pos == len(self._buf):
+            # All parsed (the usual end of a read): start the buffer afresh.
+            self._buf.clear()
+            self._pos = 0
+        elif self._pos >= 4096 and self._pos * 2 >= len(self._buf):
             # Drop what was parsed once it is most of the buffer: O(1) per byte overall.
             del self._buf[:self._pos]
             self._pos = 0
@@ -223,15 +228,15 @@ class EgdPool(Protocol):
     def mix(self, data: bytes) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(NamedTuple):
     """
     What one :meth:`EgdSession.step` produced: ``out``, the bytes to send,
     in order; then, at most one of: ``wait`` > 0 (the head request waits for
     the pool to serve that many bytes; call :meth:`EgdSession.step` again
     once it can), ``close`` (end the connection after ``out``, for
     ``reason``), or ``more`` (more is ready to answer now).  With none of
-    them, every request received is answered.
+    them, every request received is answered.  A named tuple: one is made
+    per read of a pipelining client.
     """
 
     out: bytes
@@ -297,6 +302,8 @@ class EgdSession:
     def _fill(self) -> None:
         """Parse requests from the received bytes while the backlog has room."""
         parser, queue = self._parser, self._queue
+        if parser.buffered == 0:
+            return
         while self._pending < self.backlog:
             count, size = parser.next_blocking_run(self.backlog - self._pending, self._max_step)
             if count:
