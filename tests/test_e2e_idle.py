@@ -7,6 +7,8 @@ at least once per reseed interval (twistd, FIFO devices fed by
 - One FIFO, no client reading any byte: the writer turns stuck, and
   ``/health`` answers 503 within the bound; after the writer recovers and
   the node serves again, a second fault is seen just as fast.
+- With ``--workers 2``, idle: every worker fails closed through the
+  parent's in-band failure mark within the workers' bound.
 - Two FIFOs and the kernel (the FIFOs claiming 7 and 2 bits per sample):
   while a raw stream reads, the FIFO that sticks shows ``failed`` in
   ``/v1/status`` within the bound, and the stream keeps flowing.
@@ -43,6 +45,9 @@ pytestmark = pytest.mark.e2e
 #: had buffered before the fault.  With the 1 s default, a FIFO of one page
 #: and a writer that keeps up, that is about 7 s; the tests allow this much.
 IDLE_FAIL_BOUND = 15.0
+#: With --workers, add what a worker reads through before the parent's
+#: failure mark (README: up to 7.5 reseed intervals more, 11 s at 1 s).
+WORKERS_FAIL_BOUND = IDLE_FAIL_BOUND + 15.0
 
 
 @dataclass
@@ -167,4 +172,23 @@ def test_the_fifo_that_sticks_shows_failed_while_the_stream_flows(
         assert stream.ended is None
     finally:
         stream.close()
+        app.stop()
+
+
+def test_idle_workers_fail_closed_through_the_failure_mark_within_the_bound(
+        tmp_path: Path, fifos: tuple[list[Path], list[Writer]]) -> None:
+    (fifo, _), (writer, _) = fifos
+    app = start_appliance(tmp_path, "--source", f"device:{fifo},min-entropy=7", "--workers", "2",
+                          "--https", "none", timeout=60)
+    try:
+        # Each /health answer comes from one of the workers, as the kernel picks.
+        poll("every worker is healthy", lambda: all(health(app) == 200 for _ in range(6)), 60)
+        writer.set_mode("stuck")
+        # Each worker logs (through the parent) that it fails closed.
+        poll("both workers fail closed", lambda: all(
+            f"worker {i}: [entropy_appliance.core.pool.SeedPool#error] failing closed" in app.log()
+            for i in (0, 1)), WORKERS_FAIL_BOUND, every=0.5)
+        assert all(health(app) == 503 for _ in range(6))
+        assert get(app, "/v1/random?bytes=16").status == 503
+    finally:
         app.stop()
