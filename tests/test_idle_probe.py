@@ -202,3 +202,25 @@ def test_a_relaying_parent_probes_its_sources_too() -> None:
     took = settle(pool, clock, 10 * INTERVAL, until=lambda: bool(marks))
     # The parent fails (and so writes the failure mark to its workers) in time.
     assert marks and took <= BOUND, took
+
+
+def test_a_probe_asks_the_device_for_its_own_size_not_a_whole_chunk() -> None:
+    asked: list[int] = []
+
+    def recording(n: int) -> bytes:
+        asked.append(n)
+        return os.urandom(n)
+
+    for consumer in ("feed", "pool"):
+        clock = Clock()
+        src = FakeSource(recording)
+        pool = SeedPool(clock, HealthTests(8.0), ReseedPolicy(INTERVAL, 64 * 1024 * 1024, 384))
+        # A reader with 4 KiB chunks, registered with the feed or (one source) with the pool.
+        SourceProducer(src, pool.feeds[0] if consumer == "feed" else pool, sync_run, clock,
+                       chunk_size=4096).start()
+        settle(pool, clock, 4 * INTERVAL)
+        asked.clear()
+        settle(pool, clock, 10 * INTERVAL)
+        probe = pool.feeds[0].probe_samples
+        # Idle: only probes, each of exactly its size.
+        assert asked and set(asked) == {probe}, (consumer, asked)

@@ -555,6 +555,11 @@ class SeedPool:
         """How many bytes the first source's reader should fetch next: its buffer's deficit."""
         return self.feeds[0].read_size()
 
+    @property
+    def probing(self) -> bool:
+        """Whether the first source's next read is only a health probe (read at its size)."""
+        return self.feeds[0].probing
+
     def _pull(self, feed: SourceFeed) -> None:
         if feed.producer is None or feed.pulling or feed.state is SourceState.FAILED:
             return
