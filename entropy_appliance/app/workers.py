@@ -11,12 +11,16 @@ the parent over its stdin pipe, runs the health tests again on it, and
 instantiates its own CTR_DRBG from it.  A pipe is never given bytes that
 another worker got.
 
+The pipe holds one page, so a failure mark the parent writes after the seed
+already in it is read within a few of the worker's health probes.
+
 A worker that dies is restarted with exponential backoff; the parent's stop
 (SIGTERM) stops every worker, and a worker whose parent vanishes stops.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import socket
@@ -193,6 +197,24 @@ class AdoptedPort(_PortService):
 
 
 
+#: The worker's stdin pipe holds one page: the relayed seed that waits in
+#: it, ahead of a failure mark written after it, is what a worker's health
+#: probe must read through before it fails closed.
+RELAY_PIPE_SIZE = 4096
+
+
+def _shrink_pipe(transport: Any) -> None:
+    """Make the pipe to the worker's stdin hold one page, where Linux allows."""
+    writer = getattr(transport, "pipes", {}).get(0)
+    setter = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if writer is None or setter is None:
+        return
+    try:
+        fcntl.fcntl(writer.fileno(), setter, RELAY_PIPE_SIZE)
+    except OSError:
+        pass
+
+
 @implementer(IPullProducer)
 class _Worker(ProcessProtocol):
     """One worker process: feeds it seed material, relays its log, reports its end."""
@@ -209,7 +231,8 @@ class _Worker(ProcessProtocol):
         self.ended: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
-        """Register as the pull producer on the worker's stdin."""
+        """Shrink the worker's stdin pipe; register as the pull producer on it."""
+        _shrink_pipe(self.transport)
         cast(IConsumer, self.transport).registerProducer(self, False)
 
     def resumeProducing(self) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from entropy_appliance.core.backoff import Backoff
-from entropy_appliance.core.health import HealthTests
+from entropy_appliance.core.health import HealthTests, failing_run
 from entropy_appliance.core.states import SourceState
 
 __all__ = ["SourceFeed", "allot", "credit_units", "feed_of", "CREDIT_SCALE", "MAX_BACKOFF"]
@@ -129,6 +129,15 @@ class SourceFeed:
         self.wanted = 0
         self.high_water = 4096
         self.max_buffer = 4096
+        #: When its last read ended (None before the first): the pool reads
+        #: a source that has not been read for a reseed interval anyway.
+        self.read_at: float | None = None
+        #: The samples of one health probe: a run of one value this long
+        #: fails the source persistently wherever it starts.
+        self.probe_samples = failing_run(health.min_entropy, health.alpha, health.window,
+                                         health.failure_limit)
+        #: Samples still to read for the probe under way (0: none).
+        self.probe_left = 0
         self._owner: IFeedOwner | None = None
 
     def attach(self, owner: IFeedOwner, high_water: int, max_buffer: int) -> None:
@@ -191,8 +200,20 @@ class SourceFeed:
         self._pool()._feed_recovered(self)
 
     def read_size(self) -> int:
-        """How many bytes the reader should fetch next: the buffer's deficit."""
-        return max(1, self._pool().target(self) - len(self.buffer))
+        """
+        How many bytes the reader should fetch next: the buffer's deficit,
+        or what is left of a health probe if that is more.
+        """
+        return max(1, self._pool().target(self) - len(self.buffer), self.probe_left)
+
+    @property
+    def probing(self) -> bool:
+        """
+        The next read is a health probe beyond the buffer's deficit: the
+        reader should fetch exactly :meth:`read_size` bytes, no more, so a
+        slow device is not asked for more than the probe costs.
+        """
+        return self.probe_left > 0 and self.probe_left >= self._pool().target(self) - len(self.buffer)
 
     def _pool(self) -> IFeedOwner:
         if self._owner is None:

@@ -49,6 +49,13 @@ The policy, in one place:
   of the last seconds consumed, times :data:`READ_AHEAD` seconds, between the
   base mark and ``max_buffer``; the reader is asked for chunks as large as the
   deficit.
+- Every healthy source is read at least once per reseed interval, seed
+  needed or not: a source not read for that long gets a health probe of
+  :func:`~entropy_appliance.core.health.failing_run` samples, the run of one
+  value that fails it persistently.  So a source that turns stuck or biased
+  fails (and the pool fails closed, per ``min_sources``) within a bound even
+  with no client at all.  Approved samples beyond the target push the oldest
+  out, so an idle buffer is also renewed.
 - A fork is detected by a changed pid; the child reseeds before its first
   output, or fails closed.
 - Small requests (below :data:`BLOCK_BYTES`, with no additional input) are
@@ -406,7 +413,10 @@ class SeedPool:
     # -- what each source's reader brings -----------------------------------------
 
     def _fed(self, feed: SourceFeed, data: bytes) -> None:
+        now = self._clock.seconds()
         feed.pulling = False
+        feed.read_at = now
+        feed.probe_left = max(0, feed.probe_left - len(data))
         feed.bytes_read += len(data)
         health = feed.health
         before = sum(health.failures.values())
@@ -426,9 +436,11 @@ class SeedPool:
                               "({n} of {total} sources healthy)", name=feed.name,
                               n=self._counted(), total=len(self.feeds))
         if approved:
-            room = self.target(feed) - len(feed.buffer)
-            feed.buffer += approved[:room]
-        now = self._clock.seconds()
+            # The freshest samples are kept: beyond the target, the oldest go.
+            feed.buffer += approved
+            excess = len(feed.buffer) - self.target(feed)
+            if excess > 0:
+                del feed.buffer[:excess]
         if feed.state is SourceState.FAILED:
             self._health_failed(feed, now)
         elif self.serving:
@@ -468,6 +480,8 @@ class SeedPool:
     def _feed_failed(self, feed: SourceFeed, reason: str) -> None:
         """A reader reports that its source cannot be read."""
         feed.pulling = False
+        feed.read_at = self._clock.seconds()
+        feed.probe_left = 0
         feed.errors += 1
         self.counters.source_errors += 1
         if feed.state is not SourceState.FAILED:
@@ -492,6 +506,7 @@ class SeedPool:
         its startup test again, and fail closed if too few sources are left.
         """
         feed.drop()
+        feed.probe_left = 0
         first = not feed.left_out
         feed.left_out = True
         self._last_given = None
@@ -540,6 +555,11 @@ class SeedPool:
         """How many bytes the first source's reader should fetch next: its buffer's deficit."""
         return self.feeds[0].read_size()
 
+    @property
+    def probing(self) -> bool:
+        """Whether the first source's next read is only a health probe (read at its size)."""
+        return self.feeds[0].probing
+
     def _pull(self, feed: SourceFeed) -> None:
         if feed.producer is None or feed.pulling or feed.state is SourceState.FAILED:
             return
@@ -551,7 +571,7 @@ class SeedPool:
             low = target
         else:
             low = target - target // 4
-        if len(feed.buffer) < low:
+        if len(feed.buffer) < low or feed.probe_left:
             feed.pulling = True
             feed.producer.resumeProducing()
 
@@ -788,17 +808,36 @@ class SeedPool:
                 feed.drawn = 0
             self._demand_at = now
 
+    def _probe(self, feed: SourceFeed, now: float) -> None:
+        """
+        Read a healthy source that has not been read for a reseed interval:
+        one health probe of :attr:`~SourceFeed.probe_samples` samples, so
+        that a source that turns stuck or biased fails (and the pool fails
+        closed if too few are left) within a bound even when no seed is
+        needed.  What the probe approves joins the buffer, the oldest
+        samples beyond the target making room.
+        """
+        if (feed.state is not SourceState.OK or feed.producer is None or feed.pulling
+                or feed.probe_left or feed.read_at is None
+                or now - feed.read_at < self.policy.interval):
+            return
+        feed.probe_left = feed.probe_samples
+        self._pull(feed)
+
     def tick(self) -> None:
         """
-        Reseed now if a reseed is due; called on the reseed interval so that
-        an idle pool still reseeds on time.  A due reseed that cannot be done
-        starves the pool until samples arrive.  A failed source whose
-        backoff has passed runs its startup test again.
+        Reseed now if a reseed is due; called twice per reseed interval so
+        that an idle pool still reseeds on time.  A due reseed that cannot
+        be done starves the pool until samples arrive.  A failed source whose
+        backoff has passed runs its startup test again.  A healthy source
+        that has not been read for a reseed interval is probed
+        (:meth:`_probe`).
         """
         now = self._clock.seconds()
         self._measure_demand(now)
         for feed in self.feeds:
             self._maybe_retry_health(feed, now)
+            self._probe(feed, now)
         if not self.serving or self._failure is not None:
             self._pull_all()
             return

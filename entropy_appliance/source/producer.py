@@ -107,7 +107,8 @@ class SourceProducer:
     The size of each read is what the consumer asks for
     (``consumer.read_size()``, when it has one) between ``chunk_size`` and
     ``max_chunk``: a pool that falls behind its demand gets bigger reads,
-    and so fewer thread round trips per byte.
+    and so fewer thread round trips per byte.  A read that is only a health
+    probe (``consumer.probing``) is the size asked, even below ``chunk_size``.
     """
 
     log = Logger()
@@ -153,7 +154,11 @@ class SourceProducer:
         size = self.chunk_size
         wanted = getattr(self._consumer, "read_size", None)
         if wanted is not None:
-            size = min(self.max_chunk, max(size, wanted()))
+            asked = wanted()
+            # A health probe is read at its own size: a device that is only
+            # checked is not asked for a whole chunk.
+            exact = getattr(self._consumer, "probing", False)
+            size = min(self.max_chunk, asked if exact else max(size, asked))
         d = self._run(lambda: self.source.read(size))
         d.addCallbacks(self._got, self._lost)
 
