@@ -34,7 +34,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
@@ -58,7 +57,6 @@ from tests.test_e2e_starvation import (
 from tests.twistd_helpers import REPO_ROOT, Appliance, free_port, start_appliance
 
 pytestmark = pytest.mark.e2e
-needs_haproxy = pytest.mark.skipif(shutil.which("haproxy") is None, reason="needs Debian's haproxy")
 
 SHIPPED = REPO_ROOT / "contrib" / "haproxy" / "haproxy.cfg"
 
@@ -373,7 +371,6 @@ def grew(before: dict[str, int], after: dict[str, int], surface: str) -> int:
 # -- the tests -----------------------------------------------------------------------
 
 
-@needs_haproxy
 def test_the_shipped_configuration_is_valid() -> None:
     result = subprocess.run(["haproxy", "-c", "-f", str(SHIPPED)], capture_output=True, text=True,
                             timeout=30)
@@ -382,7 +379,6 @@ def test_the_shipped_configuration_is_valid() -> None:
     assert "WARNING" not in result.stdout + result.stderr, result.stdout + result.stderr
 
 
-@needs_haproxy
 def test_spread_failover_recovery_and_real_client_budgets(pool: Pool) -> None:
     node1, node2 = pool.nodes
     context = ssl.create_default_context(cafile=str(pool.cafile))
