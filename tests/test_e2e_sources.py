@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from tests.test_e2e_starvation import (
     start_writer,
     status,
 )
-from tests.twistd_helpers import Appliance, start_appliance
+from tests.twistd_helpers import Appliance, assert_new_blocks, read_raw_stream, start_appliance
 
 pytestmark = pytest.mark.e2e
 
@@ -166,17 +165,8 @@ def test_two_workers_two_fifos_no_repeated_block_and_one_reader_each(tmp_path: P
             seen: set[bytes] = set()
             total = 0
             for _ in range(50):
-                with socket.create_connection(("127.0.0.1", app.ports["stream"]), timeout=30) as s:
-                    want = 1_000_000
-                    buf = bytearray()
-                    while len(buf) < want:
-                        chunk = s.recv(want - len(buf))
-                        assert chunk
-                        buf += chunk
-                for j in range(0, want, 16):
-                    block = bytes(buf[j:j + 16])
-                    assert block not in seen, "a 16-byte block appeared twice"
-                    seen.add(block)
+                want = 1_000_000
+                assert_new_blocks(read_raw_stream(app.ports["stream"], want), seen)
                 total += want
             assert total >= 50_000_000
             # Each FIFO has one reader: the parent; no worker opened it.

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -30,7 +29,7 @@ from entropy_appliance.core.health import HealthTests
 from entropy_appliance.core.pool import PoolShort, ReseedPolicy, SeedPool
 from entropy_appliance.tap import Options
 from tests.test_pool import FakeSource, pipeline
-from tests.twistd_helpers import start_appliance
+from tests.twistd_helpers import assert_new_blocks, read_raw_stream, start_appliance
 
 
 def test_ports_round_trip() -> None:
@@ -167,17 +166,8 @@ def test_two_workers_50mb_no_repeated_block_restart_and_stop(tmp_path: Path) -> 
         total = 0
         for _ in range(60):
             pids.add(_status(app.url("http", "/v1/status"))["worker"]["pid"])
-            with socket.create_connection(("127.0.0.1", app.ports["stream"]), timeout=30) as s:
-                want = 1_000_000
-                buf = bytearray()
-                while len(buf) < want:
-                    chunk = s.recv(want - len(buf))
-                    assert chunk
-                    buf += chunk
-            for j in range(0, want, 16):
-                block = bytes(buf[j:j + 16])
-                assert block not in seen, "a 16-byte block appeared twice"
-                seen.add(block)
+            want = 1_000_000
+            assert_new_blocks(read_raw_stream(app.ports["stream"], want), seen)
             total += want
         assert total >= 50_000_000
         assert len(pids) == 2, f"connections reached only workers {pids}"

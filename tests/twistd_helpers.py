@@ -155,3 +155,22 @@ def start_appliance(tmp_path: Path, *args: str, env: Mapping[str, str] | None = 
         process.wait(5)
         raise
     return app
+
+
+def read_raw_stream(port: int, want: int) -> bytes:
+    """Exactly ``want`` bytes of one connection to the raw stream on ``port``; it must not end sooner."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        buf = bytearray()
+        while len(buf) < want:
+            chunk = s.recv(want - len(buf))
+            assert chunk, f"the stream ended after {len(buf)} of {want} bytes"
+            buf += chunk
+    return bytes(buf)
+
+
+def assert_new_blocks(data: bytes, seen: set[bytes]) -> None:
+    """Every 16-byte block of ``data`` is one ``seen`` does not hold yet; they are added to it."""
+    for j in range(0, len(data), 16):
+        block = data[j:j + 16]
+        assert block not in seen, "a 16-byte block appeared twice"
+        seen.add(block)
