@@ -79,6 +79,10 @@ def test_workers_answer_egd(tmp_path: Path) -> None:
         assert bits == 384
         assert len(set(data[i:i + 16] for i in range(0, 1008, 16))) == 63
         assert count == 32 and len(more) == 32
+        # The status names every listener by its surface, the EGD one too.
+        listening = status(app)["listeners"]
+        assert any(entry.startswith("egd tcp:") and str(app.ports["egd"]) in entry for entry in listening)
+        assert any(entry.startswith("http tcp:") for entry in listening)
     finally:
         app.stop()
 

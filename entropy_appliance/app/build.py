@@ -242,7 +242,8 @@ def _serve(config: Config, reactor: Any, tree: Lifecycle, core: CoreService, pub
         # /v1/status shows the onion service; it is given the Site below.
         status_extras["onion"] = onion.status
     proxy = _proxy_layer(config, reactor, status_extras)
-    web = EntropyWeb(pool, reactor, listeners=[*config.http, *config.https],
+    listening = [f"{spec.kind} {spec.description}" for spec in listeners(config)]
+    web = EntropyWeb(pool, reactor, listeners=listening,
                      max_bytes=config.max_bytes, status_extras=status_extras or None,
                      seed_wait=config.seed_wait, compat=config.compat,
                      signing=_signing_key(config), budget=_peer_budget(guard))

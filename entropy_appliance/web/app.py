@@ -15,7 +15,7 @@ Hooks for other modules:
 - ``status_extras={"onion": callable}``: each callable's value is merged into
   ``/v1/status`` under its key; a mapping with a string ``"state"`` is also
   exported to ``/metrics`` as ``entropy_<key>_state{state="..."} 1``.
-- ``listeners``: endpoint descriptions reported by ``/v1/status``.
+- ``listeners``: what listens, as ``SURFACE ENDPOINT`` (``stream tcp:9000``), reported by ``/v1/status``.
 - New routes: a method with ``@app.route(...)`` here (or in a mounted app
   such as :class:`~entropy_appliance.web.media.MediaWeb`), described beside
   it with :func:`entropy_appliance.web.openapi.operation`.  Raise
