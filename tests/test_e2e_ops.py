@@ -297,8 +297,13 @@ def test_request_heads_are_bounded_in_time_and_length(tmp_path: Path) -> None:
         app.stop()
 
 
-def test_a_port_in_use_stops_the_start_with_its_reason(tmp_path: Path) -> None:
-    """An endpoint that cannot be listened on fails the start, naming the port; nothing half-serves."""
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_stops_the_start_with_its_reason(tmp_path: Path, workers: str) -> None:
+    """
+    An endpoint that cannot be listened on fails the start with a message
+    naming the option, the endpoint and why; nothing half-serves (with
+    workers, the parent does not carry on while its workers fail).
+    """
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -306,8 +311,10 @@ def test_a_port_in_use_stops_the_start_with_its_reason(tmp_path: Path) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         done = subprocess.run(
             [sys.executable, "-m", "twisted", "entropy", "--source", "kernel", "--https", "none",
-             "--stream", f"tcp:{free_port()}:interface=127.0.0.1",
+             "--workers", workers, "--stream", f"tcp:{free_port()}:interface=127.0.0.1",
              "--http", f"tcp:{port}:interface=127.0.0.1"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
-    assert f"Couldn't listen on 127.0.0.1:{port}" in done.stdout + done.stderr
+    text = done.stdout + done.stderr
+    assert done.returncode != 0, text
+    assert f"--http tcp:{port}:interface=127.0.0.1: cannot listen (Address already in use)" in text
+    assert "Traceback" not in text

@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
-from entropy_appliance.app.lifecycle import Lifecycle
+from entropy_appliance.app.lifecycle import Lifecycle, cannot_listen
 from entropy_appliance.app.options import Config, tls_pairs
 from entropy_appliance.app.pipeline import CoreService, build_core
 from entropy_appliance.app.signals import GracefulStop, ReloadService
@@ -105,7 +106,8 @@ def build_parent(config: Config, reactor: Any) -> Lifecycle:
                       min_sources=config.min_sources)
     tree.add("pipeline", core, "pipeline")
     contexts = _tls_contexts(config)
-    held = [HeldPort(endpoint, listener.kind) for listener, endpoint in _listening_endpoints(config, reactor)]
+    held = [HeldPort(endpoint, listener.kind, listener.description)
+            for listener, endpoint in _listening_endpoints(config, reactor)]
     for port in held:
         tree.add("listeners", port)
     # Each worker names the same sources, each with its resolved claim, and
@@ -435,6 +437,13 @@ class _Listener(StreamServerEndpointService):
         # start with its reason, rather than leaving a process that serves
         # some surfaces and not others.
         self._raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:  # noqa: N802 - Service's name
+        """Listen; a port that cannot be listened on stops the start with a message."""
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise cannot_listen(self.kind, self.description, e) from None
 
 
 class _GuardedAdoptedPort(AdoptedPort):

@@ -40,7 +40,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succe
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["STOP_PHASES", "Lifecycle"]
+__all__ = ["STOP_PHASES", "Lifecycle", "cannot_listen"]
 
 #: The phases in the order a stop runs them.
 STOP_PHASES: tuple[str, ...] = (
@@ -133,3 +133,15 @@ class Lifecycle(MultiService):
         stopping = [maybeDeferred(s.stopService).addErrback(failed, s)
                     for s in reversed(self.phase(name))]
         return gatherResults(stopping).addCallback(lambda _: None)
+
+
+def cannot_listen(kind: str, description: str, error: BaseException) -> SystemExit:
+    """
+    The startup error of a listener that cannot listen (a port in use, no
+    permission): which option, which endpoint, why, and what to do.  It
+    stops the start, rather than leaving a process that serves some
+    surfaces and not others.
+    """
+    reason = getattr(getattr(error, "socketError", None), "strerror", None) or str(error)
+    return SystemExit(f"--{kind} {description}: cannot listen ({reason}); stop what holds it, or give "
+                      f"--{kind} (ENTROPY_{kind.upper()}) another endpoint")

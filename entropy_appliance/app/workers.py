@@ -48,6 +48,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from entropy_appliance.app.lifecycle import cannot_listen
 from entropy_appliance.core.backoff import Backoff
 from entropy_appliance.core.pool import PoolShort
 
@@ -145,9 +146,10 @@ class HeldPort(_PortService):
     listening socket for the workers.
     """
 
-    def __init__(self, endpoint: IStreamServerEndpoint, kind: str) -> None:
+    def __init__(self, endpoint: IStreamServerEndpoint, kind: str, description: str = "") -> None:
         self._endpoint = endpoint
         self.kind = kind
+        self.description = description
         self.port: IListeningPort | None = None
         self.inherited: InheritedPort | None = None
         self._listening_started = False
@@ -166,8 +168,11 @@ class HeldPort(_PortService):
         if self._listening_started:
             return
         self._listening_started = True
-        d = self._endpoint.listen(_NeverServed())
-        d.addCallback(self._listening)
+        failed: list[Failure] = []
+        self._endpoint.listen(_NeverServed()).addCallbacks(self._listening, failed.append)
+        if failed:
+            # Every endpoint here listens at once: a failure stops the start.
+            raise cannot_listen(self.kind, self.description, failed[0].value or Exception("unknown"))
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
