@@ -357,7 +357,10 @@ def test_a_descriptor_shortage_refuses_new_connections_logged_once(tmp_path: Pat
         try:
             peak = max(peak_fds(app, 1.0), len(fds(app)))
             # The budget is 192 connections, the last 24 kept for newcomers.
-            assert 192 - 24 <= peak - fd0 and peak < 256, (fd0, peak)
+            # The floor allows a few descriptors of slack: what else the
+            # process holds (the source, pipes, the log) moves under load,
+            # and a sample may fall between an accept and a refusal.
+            assert 192 - 24 - 8 <= peak - fd0 and peak < 256, (fd0, peak)
             keep.sendall(ask)
             assert read_response(keep)[0] == 200
             assert get(app, "/health", "127.0.0.3") == 200
