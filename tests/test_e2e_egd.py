@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_e2e_starvation import poll, serving, status
-from tests.twistd_helpers import REPO_ROOT, Appliance, start_appliance
+from tests.twistd_helpers import REPO_ROOT, Appliance, read_exactly, start_appliance
 
 pytestmark = pytest.mark.e2e
 
@@ -31,15 +31,6 @@ EGD_PORT = {"egd": "--egd=tcp:{port}:interface=127.0.0.1"}
 
 def connect(app: Appliance) -> socket.socket:
     return socket.create_connection(("127.0.0.1", app.ports["egd"]), timeout=10)
-
-
-def read_exactly(s: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        assert chunk, f"closed after {len(buf)} of {n} bytes"
-        buf += chunk
-    return bytes(buf)
 
 
 def closed_within(s: socket.socket, seconds: float) -> bool:

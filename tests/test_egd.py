@@ -39,6 +39,7 @@ from entropy_appliance.net.egd import TWISTED_INTERNALS, EgdFactory, EgdProtocol
 from entropy_appliance.net.limits import PeerGuard, PeerLimitedFactory
 from tests.test_build import ThreadCalls, spawner
 from tests.test_pool import seed_fully, slow_pipeline, stuck
+from tests.twistd_helpers import read_exactly
 from tests.web_helpers import failed_pool, seeded_pool
 
 PID = 4242
@@ -627,15 +628,6 @@ def proxy_wrapped(factory: Any) -> Any:
     return endpoint.factory
 
 
-def receive_exactly(client: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = client.recv(n - len(data))
-        assert chunk, f"closed after {len(data)} of {n} bytes"
-        data += chunk
-    return bytes(data)
-
-
 def test_twisted_still_has_what_send_now_relies_on() -> None:
     """Twisted is pinned; this fails first if a release renames what SendNow reaches into."""
     fd = FileDescriptor(MemoryReactor())  # type: ignore[arg-type]
@@ -666,7 +658,7 @@ def test_replies_leave_while_the_requests_are_read(proxy: bool) -> None:
         assert isinstance(egd._send_now, SendNow) and egd._send_now.fd is fd
         for _ in range(3):
             proto.dataReceived(b"\x02\xff" * 64 + b"\x04")
-            reply = receive_exactly(client, 64 * 255 + 1 + len(str(PID)))
+            reply = read_exactly(client, 64 * 255 + 1 + len(str(PID)))
             assert reply.endswith(bytes((len(str(PID)),)) + str(PID).encode())
             assert fd not in reactor.getWriters()  # nothing left for the reactor to send
         assert pool.status().served["egd"] == 3 * 64 * 255

@@ -157,15 +157,20 @@ def start_appliance(tmp_path: Path, *args: str, env: Mapping[str, str] | None = 
     return app
 
 
+def read_exactly(s: socket.socket, n: int) -> bytes:
+    """Exactly ``n`` bytes from ``s``; the connection must not close sooner."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        assert chunk, f"closed after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)
+
+
 def read_raw_stream(port: int, want: int) -> bytes:
     """Exactly ``want`` bytes of one connection to the raw stream on ``port``; it must not end sooner."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        buf = bytearray()
-        while len(buf) < want:
-            chunk = s.recv(want - len(buf))
-            assert chunk, f"the stream ended after {len(buf)} of {want} bytes"
-            buf += chunk
-    return bytes(buf)
+        return read_exactly(s, want)
 
 
 def assert_new_blocks(data: bytes, seen: set[bytes]) -> None:
